@@ -1,0 +1,1 @@
+"""The `distillkit` command line (Typer). Options only: the work happens in `pipelines`."""

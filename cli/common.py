@@ -1,0 +1,56 @@
+"""What every command shares: config resolution, --print-config, and error -> exit code."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Any, Iterator
+
+import typer
+
+STATE = {"debug": False}
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="TOML or YAML file with this stage's keys (or a [stage] table).")
+SetOpt = typer.Option(None, "--set", help="Override one key: --set key=value (repeatable).")
+PrintOpt = typer.Option(False, "--print-config", help="Print the resolved config as TOML and exit.")
+ResumeOpt = typer.Option(False, "--resume", help="Continue an interrupted run of the same config.")
+OverwriteOpt = typer.Option(False, "--overwrite", help="Replace an existing artifact (kept until the new one is complete).")
+
+
+def err(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+
+
+@contextlib.contextmanager
+def handled() -> Iterator[None]:
+    """Map library errors to one line and an exit code (2 bad input, 1 runtime); --debug shows the traceback."""
+    from distillkit.errors import DistillkitError
+
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except DistillkitError as e:
+        if STATE["debug"]:
+            raise
+        err(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        err("interrupted; rerun the same command with --resume to continue")
+        raise typer.Exit(130) from None
+    except Exception as e:  # noqa: BLE001 - unexpected failures are runtime errors (exit 1)
+        if STATE["debug"]:
+            raise
+        first = str(e).splitlines()[0] if str(e) else ""
+        err(f"{type(e).__name__}: {first} (rerun with --debug for the traceback)")
+        raise typer.Exit(1) from None
+
+
+def resolve_or_print(cls, config: str | None, sets: list[str] | None, options: dict[str, Any], print_config: bool, section: str):
+    from distillkit.config import resolve, to_toml
+
+    cfg = resolve(cls, config, sets, options, section=section)
+    if print_config:
+        sys.stdout.write(to_toml(cfg, section))
+        raise typer.Exit(0)
+    return cfg

@@ -1,0 +1,120 @@
+"""`distillkit` entry point. Heavy libraries are imported inside commands, so --help is instant."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from cli.common import STATE, ConfigOpt, OverwriteOpt, PrintOpt, ResumeOpt, SetOpt, handled, resolve_or_print
+
+app = typer.Typer(
+    name="distillkit",
+    help="Distill a teacher LLM into a student: score -> plan -> train -> eval, each stage a resumable Arrow artifact.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from distillkit import __version__
+
+        typer.echo(f"distillkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    STATE["debug"] = debug
+
+
+@app.command()
+def score(
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Data: JSONL/Parquet/Arrow/CSV, save_to_disk dir, or text folders."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", "-t", help="Teacher: HF dir, .gguf, or alias (smollm2-135m)."),
+    student: Optional[str] = typer.Option(None, "--student", "-s", help="Student: HF dir, .gguf, or alias."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output artifact directory."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="auto | hf | vllm."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | bfloat16."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Also store the teacher's top-k log-probs per position."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="Score slice i of n ('i/n'), e.g. one SLURM array task."),
+    domain_field: Optional[str] = typer.Option(None, "--domain-field", help="Column naming the domain."),
+    id_field: Optional[str] = typer.Option(None, "--id-field", help="Column with sample ids."),
+    text_field: Optional[str] = typer.Option(None, "--text-field", help="Column with plain text."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate samples to this many tokens."),
+    max_per_domain: Optional[int] = typer.Option(None, "--max-per-domain", help="At most N documents per domain."),
+    merge: Optional[List[str]] = typer.Option(None, "--merge", help="Join these shard artifacts into --out (repeat per shard) instead of scoring."),
+    config: Optional[str] = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    print_config: bool = PrintOpt,
+    resume: bool = ResumeOpt,
+    overwrite: bool = OverwriteOpt,
+) -> None:
+    """Score every sample with teacher and student: difficulty per sample, perplexity gap per domain."""
+    with handled():
+        from pipelines import score as stage
+
+        if merge:
+            if not out:
+                from distillkit.errors import ConfigError
+
+                raise ConfigError("--merge needs --out for the merged artifact")
+            path = stage.merge(list(merge), out, overwrite=overwrite)
+            _summary(path)
+            return
+        opts = dict(data=data, teacher=teacher, student=student, out=out, engine=engine, dtype=dtype, top_k=top_k,
+                    shard=shard, domain_field=domain_field, id_field=id_field, text_field=text_field,
+                    max_length=max_length, max_per_domain=max_per_domain)
+        cfg = resolve_or_print(stage.ScoreConfig, config, set_, opts, print_config, "score")
+        path = stage.run(cfg, resume=resume, overwrite=overwrite)
+        _summary(path)
+
+
+def _summary(path) -> None:
+    from cli.show import domains_table
+    from distillkit.progress import console
+
+    console.print(domains_table(path))
+    console.print(f"[green]wrote[/] {path}")
+
+
+@app.command()
+def inspect(path: str = typer.Argument(..., help="An artifact directory."),
+            rows: int = typer.Option(5, "--rows", help="Rows to show per table.")) -> None:
+    """Show what an artifact holds: manifest, files, and a preview of each table."""
+    with handled():
+        from cli.show import show_artifact
+
+        show_artifact(path, rows)
+
+
+@app.command()
+def prune(
+    model: str = typer.Option(..., "--model", "-m", help="Model to prune: HF dir, .gguf, or alias."),
+    out: str = typer.Option(..., "--out", "-o", help="Directory for the pruned model (HF format)."),
+    drop_layers: Optional[str] = typer.Option(None, "--drop-layers", help="Decoder layers to drop, e.g. 16-22."),
+    keep_layers: Optional[str] = typer.Option(None, "--keep-layers", help="Decoder layers to keep, e.g. 0-15,23-29."),
+    overwrite: bool = OverwriteOpt,
+) -> None:
+    """Make a student by depth pruning (Minitron-style): keep a subset of the teacher's layers."""
+    with handled():
+        from distillkit.progress import console
+        from distillkit.prune import prune_model
+
+        info = prune_model(model, out, keep_layers=keep_layers, drop_layers=drop_layers, overwrite=overwrite)
+        console.print(info)
+        console.print(f"[green]wrote[/] {out}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,340 @@
+"""Artifacts: a directory of Arrow IPC files plus `manifest.json`, written last.
+
+A stage writes into ``<out>.partial/`` (files replaced atomically one by one, so a
+killed run leaves only whole files), writes the manifest there last, and then
+swaps the directory into ``<out>``. So ``<out>`` only ever holds a complete
+artifact, a failed or refused run never damages an earlier one, and
+``<out>.partial`` is what ``--resume`` continues.
+
+Readers refuse a directory without a manifest, of another kind or schema
+version, with missing/resized/tampered files, or with the wrong columns.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from distillkit import __version__
+from distillkit.config import config_sha256
+from distillkit.errors import ArtifactError, OutputExists
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+RUN_STATE = "run.json"  # inside <out>.partial: the config of the interrupted run
+
+_LIBS = ("torch", "transformers", "pyarrow", "numpy", "datasets", "vllm", "lm_eval")
+
+
+def sha256_file(path: str | Path, bufsize: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(bufsize):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_arrow(path: str | Path, table: pa.Table, compression: str | None = None) -> None:
+    """Write an Arrow IPC *file* atomically (temp name, then os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    opts = ipc.IpcWriteOptions(compression=compression)
+    with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, table.schema, options=opts) as w:
+        w.write_table(table)
+    os.replace(tmp, path)
+
+
+def read_arrow(path: str | Path) -> pa.Table:
+    with pa.memory_map(str(path), "r") as src:
+        return ipc.open_file(src).read_all()
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def library_versions() -> dict[str, str]:
+    vers = {"python": sys.version.split()[0], "distillkit": __version__}
+    for lib in _LIBS:
+        try:
+            vers[lib] = metadata.version(lib.replace("_", "-"))
+        except metadata.PackageNotFoundError:
+            pass
+    return vers
+
+
+def manifest_sha256(artifact_dir: str | Path) -> str:
+    return sha256_file(Path(artifact_dir) / MANIFEST)
+
+
+# ---------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A complete, verified artifact directory."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.manifest["config"]
+
+    @property
+    def sha256(self) -> str:
+        return manifest_sha256(self.path)
+
+    def files(self, prefix: str = "") -> list[str]:
+        return sorted(f["name"] for f in self.manifest["files"] if f["name"].startswith(prefix))
+
+    def table(self, name: str, columns: dict[str, pa.DataType] | None = None, verify: bool = True) -> pa.Table:
+        """Read one Arrow file, checking its hash, row count and (optionally) column types."""
+        entry = next((f for f in self.manifest["files"] if f["name"] == name), None)
+        if entry is None:
+            raise ArtifactError(f"{self.path} has no {name} (it holds: {', '.join(self.files()) or 'nothing'})")
+        p = self.path / name
+        if verify and sha256_file(p) != entry["sha256"]:
+            raise ArtifactError(f"{p} was modified after it was written (sha256 differs from manifest.json); rerun the stage with --overwrite")
+        try:
+            t = read_arrow(p)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise ArtifactError(f"{p} is not a readable Arrow file ({e}); rerun the stage with --overwrite") from e
+        if t.num_rows != entry["rows"]:
+            raise ArtifactError(f"{p} has {t.num_rows} rows but manifest.json records {entry['rows']}")
+        if columns:
+            check_columns(t, columns, str(p))
+        return t
+
+
+def check_columns(table: pa.Table, columns: dict[str, pa.DataType], where: str) -> None:
+    problems = []
+    for name, typ in columns.items():
+        if name not in table.column_names:
+            problems.append(f"missing column {name!r}")
+        elif not table.schema.field(name).type.equals(typ):
+            problems.append(f"column {name!r} is {table.schema.field(name).type}, expected {typ}")
+    if problems:
+        raise ArtifactError(f"{where}: {'; '.join(problems)}")
+
+
+def read_artifact(path: str | Path, kind: str | tuple[str, ...] | None = None) -> Artifact:
+    """Open an artifact directory, refusing incomplete, foreign or damaged ones."""
+    p = Path(path)
+    kinds = (kind,) if isinstance(kind, str) else kind
+    want = f"a {' or '.join(kinds)} artifact" if kinds else "an artifact"
+    if not p.exists():
+        partial = p.with_name(p.name + ".partial")
+        hint = f"; an interrupted run is in {partial}: rerun its stage with --resume" if partial.exists() else ""
+        raise ArtifactError(f"{p} does not exist (expected {want}){hint}")
+    if not p.is_dir():
+        raise ArtifactError(f"{p} is a file, expected {want} directory")
+    mpath = p / MANIFEST
+    if not mpath.is_file():
+        raise ArtifactError(f"{p} is incomplete: no {MANIFEST} (the stage that writes it did not finish; rerun it with --resume)")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{mpath} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}); rerun the stage with --overwrite") from e
+    for key in ("kind", "schema_version", "files", "config", "config_sha256"):
+        if key not in manifest:
+            raise ArtifactError(f"{mpath} lacks {key!r}: not a distillkit manifest")
+    if kinds and manifest["kind"] not in kinds:
+        raise ArtifactError(f"{p} is a {manifest['kind']} artifact, expected {want}")
+    if manifest["schema_version"] > SCHEMA_VERSION:
+        raise ArtifactError(
+            f"{p} has schema version {manifest['schema_version']}, this distillkit reads up to {SCHEMA_VERSION}: upgrade distillkit"
+        )
+    for f in manifest["files"]:
+        fp = p / f["name"]
+        if not fp.is_file():
+            raise ArtifactError(f"{p} is damaged: {f['name']} is missing; rerun the stage with --overwrite")
+        if fp.stat().st_size != f["bytes"]:
+            raise ArtifactError(f"{p} is damaged: {f['name']} has {fp.stat().st_size} bytes, manifest records {f['bytes']} (truncated?)")
+    return Artifact(p, manifest)
+
+
+def check_input(artifact: Artifact, recorded: list[dict[str, Any]], role: str) -> None:
+    """Refuse to combine `artifact` with an artifact built from a different one."""
+    for inp in recorded:
+        if inp.get("kind") == artifact.kind:
+            if inp["manifest_sha256"] != artifact.sha256:
+                raise ArtifactError(
+                    f"{role} {artifact.path} (manifest sha256 {artifact.sha256[:12]}) is not the one this artifact was built "
+                    f"from ({inp['path']}, sha256 {inp['manifest_sha256'][:12]}); rebuild it from the current {artifact.kind}"
+                )
+            return
+
+
+# ---------------------------------------------------------------- writing
+
+
+class ArtifactWriter:
+    """Writes one artifact into ``<out>.partial`` and swaps it into ``<out>`` at `finish`.
+
+    ``done`` is True when ``<out>`` already holds this kind made with the same config:
+    the stage has nothing to do (idempotent re-run).
+    """
+
+    def __init__(
+        self,
+        out: str | Path,
+        kind: str,
+        config: dict[str, Any],
+        inputs: list[Artifact] | None = None,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+    ) -> None:
+        self.out = Path(out)
+        self.kind = kind
+        self.config = config
+        self.config_sha = config_sha256(config)
+        self.inputs = [
+            {"path": str(a.path), "kind": a.kind, "manifest_sha256": a.sha256} for a in (inputs or [])
+        ]
+        self.partial = self.out.with_name(self.out.name + ".partial")
+        self.done = False
+        self.resumed = False
+        self._check_out(overwrite)
+        if self.done:
+            return
+        self._prepare_partial(resume, overwrite)
+
+    def _check_out(self, overwrite: bool) -> None:
+        if not self.out.exists():
+            return
+        if not self.out.is_dir():
+            raise OutputExists(f"--out {self.out} is a file; choose a directory path")
+        mpath = self.out / MANIFEST
+        if mpath.is_file():
+            try:
+                m = json.loads(mpath.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                m = {}
+            if m.get("kind") == self.kind and m.get("config_sha256") == self.config_sha and not overwrite:
+                self.done = True
+                return
+            if not overwrite:
+                raise OutputExists(
+                    f"{self.out} already holds a {m.get('kind', 'different')} artifact made with another config "
+                    f"(sha256 {str(m.get('config_sha256', '?'))[:12]} vs {self.config_sha[:12]}); pass --overwrite to replace it or choose another --out"
+                )
+        elif any(self.out.iterdir()) and not overwrite:
+            raise OutputExists(f"--out {self.out} is a non-empty directory that is not a distillkit artifact; choose another --out")
+
+    def _prepare_partial(self, resume: bool, overwrite: bool) -> None:
+        state = self.partial / RUN_STATE
+        if self.partial.exists():
+            prev = None
+            if state.is_file():
+                try:
+                    prev = json.loads(state.read_text(encoding="utf-8")).get("config_sha256")
+                except json.JSONDecodeError:
+                    prev = None
+            if overwrite:
+                shutil.rmtree(self.partial)
+            elif prev != self.config_sha:
+                raise OutputExists(
+                    f"an interrupted run with another config is in {self.partial}; pass --overwrite to discard it"
+                )
+            elif not resume:
+                raise OutputExists(
+                    f"an interrupted run of this config is in {self.partial}; pass --resume to continue it or --overwrite to start over"
+                )
+            else:
+                self.resumed = True
+        self.partial.mkdir(parents=True, exist_ok=True)
+        if not state.is_file():
+            _atomic_write_bytes(state, json.dumps({"kind": self.kind, "config_sha256": self.config_sha}).encode())
+
+    # --- parts
+    def path(self, name: str) -> Path:
+        return self.partial / name
+
+    def has(self, name: str) -> bool:
+        return (self.partial / name).is_file()
+
+    def write(self, name: str, table: pa.Table, compression: str | None = None) -> None:
+        write_arrow(self.partial / name, table, compression)
+
+    def remove(self, name: str) -> None:
+        p = self.partial / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+    def finish(self, figures: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
+        """Write manifest.json last and swap the finished directory into place."""
+        files = []
+        for fp in sorted(self.partial.rglob("*")):
+            if not fp.is_file() or fp.name in (RUN_STATE, MANIFEST) or fp.name.startswith("."):
+                continue
+            rel = fp.relative_to(self.partial).as_posix()
+            rows = None
+            if fp.suffix == ".arrow":
+                with pa.memory_map(str(fp), "r") as src:
+                    r = ipc.open_file(src)
+                    rows = sum(r.get_batch(i).num_rows for i in range(r.num_record_batches))
+            files.append({"name": rel, "rows": rows, "bytes": fp.stat().st_size, "sha256": sha256_file(fp)})
+        manifest = {
+            "kind": self.kind,
+            "schema_version": SCHEMA_VERSION,
+            "distillkit_version": __version__,
+            "git_commit": git_commit(),
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "config": self.config,
+            "config_sha256": self.config_sha,
+            "inputs": self.inputs,
+            "files": files,
+            "libraries": library_versions(),
+            "figures": figures or {},
+            **(extra or {}),
+        }
+        (self.partial / RUN_STATE).unlink(missing_ok=True)
+        _atomic_write_bytes(self.partial / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False).encode())
+        old = None
+        if self.out.exists():
+            old = self.out.with_name(f".{self.out.name}.old{os.getpid()}")
+            os.replace(self.out, old)
+        os.replace(self.partial, self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.out

@@ -1,0 +1,1 @@
+"""One module per stage, each with a typed config and `run(cfg)`; recipes ship here as TOML data."""

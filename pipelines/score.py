@@ -1,0 +1,168 @@
+"""`distillkit score`: offline teacher/student inference -> per-sample difficulty, per-domain gap.
+
+Reads a data set, scores every sample with the teacher and the student
+(mean NLL over target tokens), adds POCL difficulty measures, and computes the
+DDK per-domain perplexities on each domain's held-out slice. With ``top_k``
+it also stores the teacher's top-k log-probs for offline KD.
+
+Work is done in chunks of ``chunk_size`` samples, each written atomically to
+``<out>.partial/chunks/``; ``--resume`` redoes only the missing chunks.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from distillkit.config import opt, to_dict
+from distillkit.errors import ConfigError
+
+KIND = "score"
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    data: str = opt(None, "Data set: JSONL/Parquet/Arrow/CSV file, save_to_disk dir, or a folder of text files.")
+    teacher: str = opt(None, "Teacher model: HF directory, .gguf file, or alias (smollm2-135m).")
+    student: str = opt(None, "Student model: HF directory, .gguf file, or alias.")
+    out: str = opt(None, "Output artifact directory.")
+    engine: Literal["auto", "hf", "vllm"] = opt("auto", "Inference engine: vllm when it imports and a GPU is present, else hf.")
+    dtype: Literal["auto", "float32", "bfloat16"] = opt("auto", "Model dtype for scoring (auto: bf16 where the hardware runs it fast).")
+    text_field: str = opt("text", "Column holding pretraining-style text.")
+    prompt_field: str = opt("prompt", "Column holding the instruction prompt.")
+    response_field: str = opt("response", "Column holding the reference response.")
+    domain_field: str | None = opt(None, "Column naming each record's domain (default: 'domain' if present, else file/folder names).")
+    id_field: str | None = opt(None, "Column with stable sample ids (default: 'id' if present, else a content hash).")
+    val_size: int = opt(500, "Held-out documents per domain (at most val_fraction of the domain).")
+    val_fraction: float = opt(0.1, "Largest fraction of a domain held out for validation.")
+    max_per_domain: int | None = opt(None, "Use at most this many documents per domain (deterministic subsample).")
+    seed: int = opt(0, "Seed for the held-out split and subsampling.")
+    max_length: int = opt(1024, "Truncate each sample to this many tokens.")
+    batch_tokens: int = opt(8192, "Padded tokens per forward batch (hf engine).")
+    chunk_size: int = opt(256, "Samples per resumable chunk.")
+    top_k: int = opt(0, "Store the teacher's top-k log-probs per position (0: off).")
+    rouge: Literal["auto", "on", "off"] = opt("auto", "ROUGE-L of the student's greedy answer (auto: on for prompt/response data).")
+    gen_max_new_tokens: int = opt(64, "Longest student generation for ROUGE-L.")
+    shard: str = opt("0/1", "Score slice i of n of the data ('i/n'); join the shards with --merge.")
+
+    def validate(self) -> list[str]:
+        problems = []
+        for name in ("data", "teacher", "student", "out"):
+            if not getattr(self, name):
+                problems.append(f"{name} is required (--{name})")
+        if self.max_length < 2:
+            problems.append("max_length must be >= 2")
+        if self.top_k < 0:
+            problems.append("top_k must be >= 0")
+        if self.chunk_size < 1 or self.batch_tokens < 1:
+            problems.append("chunk_size and batch_tokens must be >= 1")
+        if not 0 < self.val_fraction < 1:
+            problems.append("val_fraction must be in (0, 1)")
+        try:
+            parse_shard(self.shard)
+        except ConfigError as e:
+            problems.append(str(e))
+        return problems
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise ConfigError(f"--shard {text}: need 0 <= i < n")
+    return i, n
+
+
+# Config keys that do not change results (where and how fast), left out of the identity hash.
+_NOT_IDENTITY = ("out", "batch_tokens", "engine")
+
+
+def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> Path:
+    from distillkit import scoring
+    from distillkit.artifacts import ArtifactWriter
+    from distillkit.data import DataSpec, load_data, shard_rows
+    from distillkit.models import check_same_tokenizer, load_tokenizer, resolve_model
+    from distillkit.scoring import model_fingerprint
+    from distillkit.progress import console
+
+    t0 = time.time()
+    shard, num_shards = parse_shard(cfg.shard)
+    # Everything that can be wrong with the inputs is checked before --out is touched.
+    ds = load_data(
+        DataSpec(
+            path=cfg.data,
+            text_field=cfg.text_field,
+            prompt_field=cfg.prompt_field,
+            response_field=cfg.response_field,
+            domain_field=cfg.domain_field,
+            id_field=cfg.id_field,
+            val_size=cfg.val_size,
+            val_fraction=cfg.val_fraction,
+            max_per_domain=cfg.max_per_domain,
+            seed=cfg.seed,
+        )
+    )
+    teacher_dir, student_dir = resolve_model(cfg.teacher), resolve_model(cfg.student)
+    tok = load_tokenizer(str(teacher_dir))
+    check_same_tokenizer(tok, load_tokenizer(str(student_dir)), cfg.teacher, cfg.student)
+
+    ident = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IDENTITY}
+    ident["data_fingerprint"] = ds.fingerprint
+    ident["teacher_fingerprint"] = model_fingerprint(teacher_dir)
+    ident["student_fingerprint"] = model_fingerprint(student_dir)
+    writer = ArtifactWriter(cfg.out, KIND, ident, resume=resume, overwrite=overwrite)
+    if writer.done:
+        console.print(f"[green]score[/] {cfg.out} is complete for this config: nothing to do")
+        return Path(cfg.out)
+
+    rows = ds.table.slice(*_slice(shard_rows(ds.table.num_rows, shard, num_shards)))
+    use_rouge = cfg.rouge == "on" or (cfg.rouge == "auto" and ds.format == "instruction")
+    if use_rouge and ds.format != "instruction":
+        raise ConfigError("rouge = 'on' needs prompt/response data; this data set is plain text (set rouge = 'off')")
+    samples = scoring.tokenize(rows, ds.format, tok, cfg.max_length)
+    figures = scoring.score_chunks(
+        samples,
+        writer,
+        teacher_dir=str(teacher_dir),
+        student_dir=str(student_dir),
+        engine=cfg.engine,
+        dtype=cfg.dtype,
+        batch_tokens=cfg.batch_tokens,
+        chunk_size=cfg.chunk_size,
+        top_k=cfg.top_k,
+        use_rouge=use_rouge,
+        gen_max_new_tokens=cfg.gen_max_new_tokens,
+        tokenizer=tok,
+        max_length=cfg.max_length,
+    )
+    table = scoring.concat_chunks(writer)
+    samples_t, domains_t = scoring.finalize(table)
+    writer.write("samples.arrow", samples_t)
+    writer.write("domains.arrow", domains_t)
+    writer.remove("chunks")
+    figures["wall_s"] = round(time.time() - t0, 2)
+    figures["dropped_short"] = samples.dropped
+    writer.finish(
+        figures,
+        extra={"shard": [shard, num_shards], "format": ds.format, "data_sources": list(ds.sources),
+               "teacher_dir": str(teacher_dir), "student_dir": str(student_dir)},
+    )
+    return Path(cfg.out)
+
+
+def _slice(r: range) -> tuple[int, int]:
+    return r.start, len(r)
+
+
+def merge(shard_dirs: list[str], out: str, *, overwrite: bool = False) -> Path:
+    """Join `--shard i/n` score artifacts into one, recomputing difficulty and domain perplexities."""
+    from distillkit import scoring
+
+    return scoring.merge_shards([Path(d) for d in shard_dirs], Path(out), overwrite=overwrite)
+
+
+__all__ = ["ScoreConfig", "run", "merge", "parse_shard", "KIND"]

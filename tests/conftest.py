@@ -1,0 +1,118 @@
+"""Shared fixtures: a tiny BPE tokenizer and tiny Llama teacher/student built in-process.
+
+Nothing is downloaded. The tokenizer is trained on a fixed corpus, so it is
+identical on every run; models are random with fixed seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+WORDS = (
+    "the a of and to in is was for on with as by at from that this it be are or not have "
+    "model teacher student data train loss token text domain code python def return class import "
+    "king lord god said unto house people land day light water earth heaven "
+    "quote life love time man world never always good bad"
+).split()
+
+
+def make_texts(n: int, seed: int = 0, min_words: int = 8, max_words: int = 40) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words))) + "." for _ in range(n)]
+
+
+def build_tokenizer(out: Path, vocab_size: int = 300, extra_corpus: list[str] | None = None) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(make_texts(400, seed=123) + (extra_corpus or []), trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(out)
+    return out
+
+
+def build_model(out: Path, tok_dir: Path, layers: int, hidden: int, seed: int, vocab_size: int | None = None) -> Path:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size or len(tok),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(cfg)
+    # Larger-than-default init spreads the output distribution, so the models differ clearly.
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0.0, 0.5)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_tok_dir(tmp_path_factory) -> Path:
+    return build_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory, tiny_tok_dir) -> Path:
+    return build_model(tmp_path_factory.mktemp("teacher"), tiny_tok_dir, layers=2, hidden=64, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_student_dir(tmp_path_factory, tiny_tok_dir) -> Path:
+    return build_model(tmp_path_factory.mktemp("student"), tiny_tok_dir, layers=1, hidden=32, seed=2)
+
+
+@pytest.fixture(scope="session")
+def other_tok_model_dir(tmp_path_factory) -> Path:
+    """A model whose tokenizer differs from the tiny one (for mismatch tests)."""
+    tok = build_tokenizer(tmp_path_factory.mktemp("tok2"), vocab_size=280, extra_corpus=["zebra quartz " * 50] * 20)
+    return build_model(tmp_path_factory.mktemp("other"), tok, layers=1, hidden=32, seed=3)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return path
+
+
+@pytest.fixture
+def text_jsonl(tmp_path) -> Path:
+    """60 pretraining-style records over 3 domains."""
+    rows = []
+    for d, seed in (("alpha", 10), ("beta", 11), ("gamma", 12)):
+        rows += [{"text": t, "domain": d} for t in make_texts(20, seed=seed)]
+    return write_jsonl(tmp_path / "data" / "corpus.jsonl", rows)
