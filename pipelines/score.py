@@ -84,6 +84,7 @@ _NOT_IDENTITY = ("out", "batch_tokens", "engine")
 def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> Path:
     from distillkit import scoring
     from distillkit.artifacts import ArtifactWriter
+    from distillkit.assets import resolve_data
     from distillkit.data import DataSpec, load_data, shard_rows
     from distillkit.models import check_same_tokenizer, load_tokenizer, resolve_model
     from distillkit.scoring import model_fingerprint
@@ -94,7 +95,7 @@ def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> P
     # Everything that can be wrong with the inputs is checked before --out is touched.
     ds = load_data(
         DataSpec(
-            path=cfg.data,
+            path=resolve_data(cfg.data),
             text_field=cfg.text_field,
             prompt_field=cfg.prompt_field,
             response_field=cfg.response_field,

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from distillkit.artifacts import ArtifactWriter, check_input, read_artifact
+from distillkit.errors import ArtifactError, OutputExists
+
+
+def _table(n=5):
+    return pa.table({"sample_id": [f"s{i}" for i in range(n)], "value": pa.array(range(n), pa.int64())})
+
+
+def _write(out, config=None, **kw):
+    w = ArtifactWriter(out, "demo", config or {"a": 1}, **kw)
+    if not w.done:
+        w.write("samples.arrow", _table())
+        w.write("sub/part-00000.arrow", _table(3))
+        w.finish({"throughput": 1.0})
+    return w
+
+
+def test_round_trip_and_manifest(tmp_path):
+    out = tmp_path / "art"
+    _write(out)
+    assert not (tmp_path / "art.partial").exists()
+    art = read_artifact(out, "demo")
+    m = art.manifest
+    for key in ("kind", "schema_version", "distillkit_version", "git_commit", "created_at", "config", "config_sha256",
+                "inputs", "files", "libraries", "figures"):
+        assert key in m
+    assert {f["name"]: f["rows"] for f in m["files"]} == {"samples.arrow": 5, "sub/part-00000.arrow": 3}
+    assert art.table("samples.arrow", {"sample_id": pa.string(), "value": pa.int64()}).equals(_table())
+    # readable without distillkit
+    assert pd.read_feather(out / "samples.arrow")["value"].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_rerun_same_config_is_noop_and_other_config_refused(tmp_path):
+    out = tmp_path / "art"
+    _write(out)
+    before = (out / "manifest.json").read_bytes()
+    assert _write(out).done
+    assert (out / "manifest.json").read_bytes() == before
+    with pytest.raises(OutputExists, match="--overwrite"):
+        _write(out, {"a": 2})
+    assert (out / "manifest.json").read_bytes() == before  # nothing damaged
+    _write(out, {"a": 2}, overwrite=True)
+    assert read_artifact(out).config == {"a": 2}
+
+
+def test_refuses_manifestless(tmp_path):
+    out = tmp_path / "art"
+    _write(out)
+    (out / "manifest.json").unlink()
+    with pytest.raises(ArtifactError, match="incomplete: no manifest.json"):
+        read_artifact(out)
+
+
+def test_refuses_wrong_kind(tmp_path):
+    _write(tmp_path / "art")
+    with pytest.raises(ArtifactError, match="is a demo artifact, expected a score artifact"):
+        read_artifact(tmp_path / "art", "score")
+
+
+def test_refuses_truncated(tmp_path):
+    out = tmp_path / "art"
+    _write(out)
+    data = (out / "samples.arrow").read_bytes()
+    (out / "samples.arrow").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArtifactError, match="truncated"):
+        read_artifact(out)
+
+
+def test_refuses_tampered(tmp_path):
+    out = tmp_path / "art"
+    _write(out)
+    other = tmp_path / "other"
+    w = ArtifactWriter(other, "demo", {"b": 1})
+    t = _table()
+    t = t.set_column(1, "value", pa.array([9, 9, 9, 9, 9], pa.int64()))
+    w.write("samples.arrow", t)
+    w.finish()
+    # same size, different content
+    (out / "samples.arrow").write_bytes((other / "samples.arrow").read_bytes())
+    art = read_artifact(out)
+    with pytest.raises(ArtifactError, match="modified after it was written"):
+        art.table("samples.arrow")
+
+
+def test_refuses_missing_column(tmp_path):
+    _write(tmp_path / "art")
+    with pytest.raises(ArtifactError, match="missing column 'difficulty'"):
+        read_artifact(tmp_path / "art").table("samples.arrow", {"difficulty": pa.float32()})
+
+
+def test_partial_needs_resume(tmp_path):
+    out = tmp_path / "art"
+    w = ArtifactWriter(out, "demo", {"a": 1})
+    w.write("chunks/part-00000.arrow", _table())
+    # simulated crash: no finish
+    with pytest.raises(OutputExists, match="--resume"):
+        ArtifactWriter(out, "demo", {"a": 1})
+    with pytest.raises(OutputExists, match="another config"):
+        ArtifactWriter(out, "demo", {"a": 2}, resume=True)
+    w2 = ArtifactWriter(out, "demo", {"a": 1}, resume=True)
+    assert w2.resumed and w2.has("chunks/part-00000.arrow")
+    with pytest.raises(ArtifactError, match="interrupted run"):
+        read_artifact(out)
+
+
+def test_check_input_names_both_hashes(tmp_path):
+    a = tmp_path / "a"
+    _write(a)
+    b = tmp_path / "b"
+    _write(b, {"a": 3})
+    art_a, art_b = read_artifact(a), read_artifact(b)
+    w = ArtifactWriter(tmp_path / "c", "plan", {}, inputs=[art_a])
+    w.finish()
+    recorded = read_artifact(tmp_path / "c").manifest["inputs"]
+    check_input(art_a, recorded, "scores")
+    with pytest.raises(ArtifactError, match=art_b.sha256[:12]):
+        check_input(art_b, recorded, "scores")
+
+
+def test_non_artifact_out_refused(tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(OutputExists, match="not a distillkit artifact"):
+        _write(out)
+    assert (out / "notes.txt").read_text() == "keep me"

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import pytest
+
+from distillkit.config import opt, resolve, to_toml
+from distillkit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Cfg:
+    name: str = opt("base", "a name")
+    steps: int = opt(10, "steps")
+    lr: float = opt(1e-3, "learning rate")
+    loss: Literal["fkl", "rkl"] = opt("fkl", "divergence")
+    flag: bool = opt(False, "a flag")
+    domains: tuple[str, ...] = opt((), "domains")
+    limit: int | None = opt(None, "optional limit")
+
+    def validate(self):
+        return ["steps must be >= 1"] if self.steps < 1 else []
+
+
+def test_defaults():
+    assert resolve(Cfg) == Cfg()
+
+
+def test_precedence_defaults_file_set_options(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('name = "file"\nsteps = 20\nlr = 0.5\nloss = "rkl"\n')
+    cfg = resolve(Cfg, f, ["steps=30", "lr=0.25"], {"lr": 0.125, "name": None})
+    assert cfg.name == "file"  # file beats default; None option = not given
+    assert cfg.steps == 30  # --set beats file
+    assert cfg.lr == 0.125  # option beats --set
+    assert cfg.loss == "rkl"
+
+
+def test_yaml_and_section(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  steps: 7\n  flag: true\n  domains: [a, b]\n")
+    cfg = resolve(Cfg, f, section="train")
+    assert (cfg.steps, cfg.flag, cfg.domains) == (7, True, ("a", "b"))
+
+
+def test_set_coercion():
+    cfg = resolve(Cfg, None, ["flag=yes", "domains=a,b,c", "limit=none", "loss=rkl"])
+    assert cfg.flag is True and cfg.domains == ("a", "b", "c") and cfg.limit is None and cfg.loss == "rkl"
+    assert resolve(Cfg, None, ["limit=5"]).limit == 5
+
+
+def test_unknown_keys_suggest_close_matches_and_all_problems_reported(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("stpes = 3\n")
+    with pytest.raises(ConfigError) as e:
+        resolve(Cfg, f, ["lossy=fkl", "steps=abc"])
+    msg = str(e.value)
+    assert "unknown key 'stpes'" in msg and "did you mean steps" in msg
+    assert "unknown key 'lossy'" in msg and "loss" in msg
+    assert "steps must be an integer" in msg
+    assert "\n" not in msg
+
+
+def test_literal_and_validate_errors():
+    with pytest.raises(ConfigError, match="loss must be one of 'fkl', 'rkl'"):
+        resolve(Cfg, None, ["loss=jsd"])
+    with pytest.raises(ConfigError, match="steps must be >= 1"):
+        resolve(Cfg, None, ["steps=0"])
+    with pytest.raises(ConfigError, match="--set expects key=value"):
+        resolve(Cfg, None, ["steps"])
+
+
+def test_bad_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        resolve(Cfg, tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("steps = = 3")
+    with pytest.raises(ConfigError, match="cannot parse config file"):
+        resolve(Cfg, bad)
+
+
+def test_print_config_round_trips(tmp_path):
+    cfg = resolve(Cfg, None, ["steps=42", "domains=x,y"])
+    text = to_toml(cfg)
+    assert "# learning rate" in text
+    f = tmp_path / "round.toml"
+    f.write_text(text)
+    assert resolve(Cfg, f) == cfg
