@@ -112,6 +112,24 @@ def prune(
         console.print(f"[green]wrote[/] {out}")
 
 
+@app.command("run")
+def run_recipe(
+    recipe: str = typer.Argument(..., help="A recipe TOML file, or the name of a shipped one (demo)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output root (default: the recipe's `out`)."),
+    overwrite: bool = OverwriteOpt,
+) -> None:
+    """Run a recipe's stages in order, skipping finished ones and resuming an interrupted one."""
+    with handled():
+        from pipelines import recipe as rec
+
+        root = rec.run(recipe, out, overwrite=overwrite)
+        if (root / "score" / "manifest.json").is_file():
+            _summary(root / "score")
+        from distillkit.progress import console
+
+        console.print(f"[green]done[/]: results under {root}  (inspect with: distillkit inspect {root / 'score'})")
+
+
 def main() -> None:
     app()
 

@@ -262,17 +262,20 @@ class ArtifactWriter:
     def _prepare_partial(self, resume: bool, overwrite: bool) -> None:
         state = self.partial / RUN_STATE
         if self.partial.exists():
-            prev = None
+            prev, prev_cfg = None, {}
             if state.is_file():
                 try:
-                    prev = json.loads(state.read_text(encoding="utf-8")).get("config_sha256")
+                    st = json.loads(state.read_text(encoding="utf-8"))
+                    prev, prev_cfg = st.get("config_sha256"), st.get("config", {})
                 except json.JSONDecodeError:
-                    prev = None
+                    pass
             if overwrite:
                 shutil.rmtree(self.partial)
             elif prev != self.config_sha:
+                diff = sorted(k for k in set(prev_cfg) | set(self.config) if prev_cfg.get(k) != self.config.get(k))
                 raise OutputExists(
-                    f"an interrupted run with another config is in {self.partial}; pass --overwrite to discard it"
+                    f"an interrupted run with another config is in {self.partial} (differs in: {', '.join(diff) or 'unknown'}); "
+                    "pass --overwrite to discard it"
                 )
             elif not resume:
                 raise OutputExists(
@@ -282,7 +285,7 @@ class ArtifactWriter:
                 self.resumed = True
         self.partial.mkdir(parents=True, exist_ok=True)
         if not state.is_file():
-            _atomic_write_bytes(state, json.dumps({"kind": self.kind, "config_sha256": self.config_sha}).encode())
+            _atomic_write_bytes(state, json.dumps({"kind": self.kind, "config_sha256": self.config_sha, "config": self.config}).encode())
 
     # --- parts
     def path(self, name: str) -> Path:

@@ -1,0 +1,476 @@
+"""Training data: read a file or directory into one normalized, split Arrow table.
+
+Inputs. A file: ``.jsonl``/``.json`` (JSON lines, or one JSON list of objects), ``.parquet``,
+``.arrow``/``.feather``/``.ipc`` (Arrow IPC file or stream), ``.csv`` (read as strings, so an id
+``007`` survives), ``.txt``/``.md`` (blank-line rule below). A Hugging Face ``save_to_disk``
+directory: a Dataset, or a DatasetDict (its "train" split if it has one, else all splits).
+Any other directory (entries whose names start with "." or "_" are skipped):
+  * each top-level data file is a domain named by its stem (``news.jsonl`` -> "news");
+  * each top-level ``.txt``/``.md`` file is a domain named by its stem whose documents are separated
+    by blank lines (lines holding only whitespace); each document is stripped;
+  * each sub-folder is a domain named by the folder: every ``.txt``/``.md`` file in it (at any depth)
+    is one whole document, and data files in it contribute their records;
+  * other files are ignored.
+
+Records. A ``text`` column makes "text" data; ``prompt`` + ``response`` columns make "instruction"
+data (preferred when a file has both); the names follow `DataSpec`; one data set has one format.
+The domain is the ``domain_field`` column (or a column named "domain"); without one, and for
+null/empty values and text files, it is the file/folder name above.
+
+Ids, cleaning, splits, order. ``sample_id`` is the id column (``id_field``, or a column named "id")
+as a string, else the first 16 hex chars of sha256(content), content being the text or prompt +
+"\\x1f" + response, so the same records get the same ids in any format. Records with a null or blank
+text (or response) are dropped, and so are records repeating an earlier record's content (in read
+order, over the whole data set); both are counted. In each domain, records are ranked by
+sha256(f"{seed}:{sample_id}"): `max_per_domain` keeps the first ones, and the first
+min(val_size, ceil(val_fraction * n)) of those (at least 1, at most n - 1, when n >= 2) form the
+"validation" split. Rows come out sorted by (domain, sample_id), whatever order files were read in.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from distillkit.errors import ConfigError, DataError
+
+Format = Literal["text", "instruction"]
+
+DATA_EXTS = (".jsonl", ".json", ".parquet", ".arrow", ".feather", ".ipc", ".csv")
+TEXT_EXTS = (".txt", ".md")
+COLUMNS = ("sample_id", "domain", "split", "text", "prompt", "response")
+SCHEMA = pa.schema([(c, pa.string()) for c in COLUMNS])
+_SEP = "\x1f"  # joins prompt and response (and fingerprint fields): a control char real text lacks
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What to read and how; the fields mirror the score stage's CLI options."""
+
+    path: str
+    text_field: str = "text"
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    domain_field: str | None = None  # None: a "domain" column if present, else the file/folder name
+    id_field: str | None = None  # None: an "id" column if present, else a content hash
+    val_size: int = 500  # held-out records per domain: min(val_size, ceil(val_fraction * n))
+    val_fraction: float = 0.1
+    max_per_domain: int | None = None  # deterministic subsample per domain (demos, smoke runs)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A loaded data set. `table` has the string columns `COLUMNS`, sorted by (domain, sample_id)."""
+
+    table: pa.Table
+    format: Format
+    fingerprint: str  # sha256 over (sample_id, domain, split, sha256(content)) of every row, in order
+    sources: tuple[str, ...]  # files (and save_to_disk directories) read
+    dropped_empty: int = 0  # records with a null or blank text (response, for instruction data)
+    dropped_duplicates: int = 0  # records whose content repeats an earlier record's
+
+
+@dataclass
+class _Part:
+    """Raw records from one source, before normalization."""
+
+    sources: list[str]
+    table: pa.Table
+    domain: str  # the file/folder-derived domain
+    text_files: bool = False  # documents from .txt/.md files: no id or domain columns
+
+    @property
+    def columns(self) -> list[str]:
+        return self.table.column_names
+
+
+def load_data(spec: DataSpec) -> Dataset:
+    """Read `spec.path` into a cleaned, split `Dataset` (the rules are in the module docstring)."""
+    _check_spec(spec)
+    path = Path(spec.path)
+    if not path.exists():
+        hint = f"; {path.parent} holds: {_listing(path.parent)}" if path.parent.is_dir() else ""
+        raise DataError(f"data path does not exist: {path} (pass an existing file or directory to --data{hint})")
+    parts = _read_path(path)
+    sources = tuple(s for p in parts for s in p.sources)
+    # A part without columns is an empty file: it has no format to agree or disagree with.
+    fmt = _detect_format([p for p in parts if p.columns], spec)
+    if fmt is None:
+        raise DataError(f"empty dataset: no records in {_some(sources, 5)} (check the files hold data)")
+    t = pa.concat_tables([_normalize(p, spec, fmt) for p in parts if p.columns])
+    t, digests, dropped_empty, dropped_dup = _drop_empty_and_duplicates(t, fmt)
+    if t.num_rows == 0:
+        raise DataError(
+            f"empty dataset: 0 usable records in {_some(sources, 5)} ({dropped_empty} with an empty "
+            f"{'text' if fmt == 'text' else 'response'}, {dropped_dup} duplicates; check --text-field/--response-field)"
+        )
+    digest_hex = _hex(digests)
+    sample_id = pc.coalesce(t["id"], pc.utf8_slice_codeunits(digest_hex, 0, 16))
+    _check_unique_ids(sample_id, spec)
+    keys = _sha256(pc.binary_join_element_wise(f"{spec.seed}:", sample_id, ""))
+    keep, val = _subsample_and_split(t["domain"], keys, spec)
+    t = t.drop_columns(["id"]).append_column("sample_id", sample_id).append_column("_digest", digest_hex)
+    t = t.append_column("split", pc.if_else(pa.array(val), "validation", "train"))
+    if not keep.all():
+        t = t.filter(pa.array(keep))
+    t = _contiguous(t).sort_by([("domain", "ascending"), ("sample_id", "ascending")])
+    table = t.select(list(COLUMNS)).cast(SCHEMA)
+    return Dataset(table, fmt, _fingerprint(t, fmt), sources, dropped_empty, dropped_dup)
+
+
+def shard_rows(n: int, shard: int, num_shards: int) -> range:
+    """Rows of shard `shard` of `num_shards`: contiguous, sizes differ by at most one, union is range(n)."""
+    if num_shards < 1 or not 0 <= shard < num_shards or n < 0:
+        raise ConfigError(f"--shard i/n needs 0 <= i < n, got {shard}/{num_shards}")
+    return range(shard * n // num_shards, (shard + 1) * n // num_shards)
+
+
+# --- checks and format detection ----------------------------------------------------------------
+def _check_spec(spec: DataSpec) -> None:
+    problems = [f"val_size must be >= 0, got {spec.val_size}"] if spec.val_size < 0 else []
+    if not 0.0 <= spec.val_fraction < 1.0:
+        problems.append(f"val_fraction must be in [0, 1), got {spec.val_fraction}")
+    if spec.max_per_domain is not None and spec.max_per_domain < 1:
+        problems.append(f"max_per_domain must be >= 1 or unset, got {spec.max_per_domain}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def _detect_format(parts: list[_Part], spec: DataSpec) -> Format | None:
+    """The one format all parts share; instruction wins within a part that has both."""
+    found: dict[Format, str] = {}
+    for p in parts:
+        if spec.prompt_field in p.columns and spec.response_field in p.columns:
+            found.setdefault("instruction", p.sources[0])
+        elif spec.text_field in p.columns:
+            found.setdefault("text", p.sources[0])
+        else:
+            raise DataError(
+                f"no text column in {p.sources[0]}: expected {spec.text_field!r} (set --text-field) or "
+                f"{spec.prompt_field!r} + {spec.response_field!r} (set --prompt-field/--response-field); "
+                f"columns: {_some(p.columns)}"
+            )
+    if len(found) > 1:
+        raise DataError(
+            f"mixed record formats: {found['text']} holds text records but {found['instruction']} holds "
+            "prompt/response records (use one format per data set)"
+        )
+    return next(iter(found), None)
+
+
+def _check_unique_ids(sample_id: pa.ChunkedArray, spec: DataSpec) -> None:
+    counts = pc.value_counts(sample_id)
+    dup = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(dup):
+        some, times = dup[0]["values"].as_py(), dup[0]["counts"].as_py()
+        raise DataError(
+            f"duplicate sample ids: {len(dup)} ids occur more than once, e.g. {some!r} ({times} records) "
+            f"in id column {spec.id_field or 'id'!r} (make the ids unique, or set --id-field to a unique column)"
+        )
+
+
+# --- normalization: one part -> columns id, domain, text, prompt, response --------------------
+def _normalize(p: _Part, spec: DataSpec, fmt: Format) -> pa.Table:
+    null = pa.nulls(p.table.num_rows, pa.string())
+    if fmt == "text":
+        text, prompt, response = _strings(p, spec.text_field, "--text-field"), null, null
+    else:
+        text = null
+        prompt = pc.fill_null(_strings(p, spec.prompt_field, "--prompt-field"), "")
+        response = _strings(p, spec.response_field, "--response-field")
+    ids, domain = null, null
+    if not p.text_files:
+        if id_col := _pick_column(p, spec.id_field, "id", "--id-field"):
+            ids = _blank_to_null(_strings(p, id_col, "--id-field"))
+        if domain_col := _pick_column(p, spec.domain_field, "domain", "--domain-field"):
+            domain = _blank_to_null(_strings(p, domain_col, "--domain-field"))
+    domain = pc.fill_null(domain, p.domain)
+    return pa.table({"id": ids, "domain": domain, "text": text, "prompt": prompt, "response": response})
+
+
+def _pick_column(p: _Part, explicit: str | None, default: str, option: str) -> str | None:
+    if explicit is None:
+        return default if default in p.columns else None
+    if explicit not in p.columns:
+        fallback = "the file/folder name" if default == "domain" else "a content hash"
+        raise DataError(
+            f"unknown {default} field {explicit!r} in {p.sources[0]} (set {option} to one of the columns, "
+            f"or leave it unset to use {fallback}); columns: {_some(p.columns)}"
+        )
+    return explicit
+
+
+def _strings(p: _Part, name: str, option: str) -> pa.ChunkedArray:
+    """Column `name` as strings; numbers and booleans are converted, nested values refused."""
+    col = p.table[name]
+    if pa.types.is_string(col.type):
+        return col
+    if not pa.types.is_nested(col.type):
+        try:
+            return col.cast(pa.string())
+        except pa.ArrowException:
+            pass
+    raise DataError(
+        f"column {name!r} in {p.sources[0]} holds {col.type} values, not strings "
+        f"(set {option} to a string column); columns: {_some(p.columns)}"
+    )
+
+
+def _blank_to_null(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    # A missing id/domain is often written as "" (CSV, spreadsheets): treat it like null.
+    return pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
+
+
+# --- cleaning, subsampling, validation split, fingerprint ---------------------------------------
+def _drop_empty_and_duplicates(t: pa.Table, fmt: Format) -> tuple[pa.Table, np.ndarray, int, int]:
+    """Drop blank records, then repeated contents; return the rows' content sha256 as (n, 32) uint8."""
+    main = t["text"] if fmt == "text" else t["response"]
+    empty = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(main), ""), True)
+    n_empty = int(pc.sum(empty).as_py() or 0)
+    if n_empty:
+        t = t.filter(pc.invert(empty))
+    content = t["text"] if fmt == "text" else pc.binary_join_element_wise(t["prompt"], t["response"], _SEP)
+    digests = _sha256(content)
+    # Keep each content's first row: rows fed backwards, the earliest index is written last.
+    view = digests.view("V32").ravel()
+    first = dict(zip(view[::-1].tolist(), range(len(view) - 1, -1, -1)))
+    n_dup = len(view) - len(first)
+    if n_dup:
+        unique = np.zeros(len(view), bool)
+        unique[np.fromiter(first.values(), np.int64, len(first))] = True
+        t, digests = t.filter(pa.array(unique)), digests[unique]
+    return t, digests, n_empty, n_dup
+
+
+def _sha256(strings: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """sha256 of each string as an (n, 32) uint8 array. The one Python loop over rows (~1 s/million)."""
+    sha = hashlib.sha256
+    # Binary values come out as bytes: no UTF-8 decode and re-encode per row.
+    joined = b"".join([sha(b).digest() for b in strings.cast(pa.binary()).to_pylist()])
+    return np.frombuffer(joined, np.uint8).reshape(-1, 32)
+
+
+def _hex(raw: np.ndarray) -> pa.Array:
+    """Rows of bytes as lowercase hex strings, without a Python loop."""
+    pairs = np.array([f"{i:02x}".encode() for i in range(256)], dtype="S2")
+    hexed = np.ascontiguousarray(pairs[raw]).view(f"S{2 * raw.shape[1]}").ravel()
+    return pa.array(hexed, pa.binary()).cast(pa.string())
+
+
+def _subsample_and_split(domain: pa.ChunkedArray, key: np.ndarray, spec: DataSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Rank each domain's rows by `key` (sha256 bytes); return (kept, validation) masks in row order."""
+    codes = pc.dictionary_encode(domain.combine_chunks()).indices.to_numpy(zero_copy_only=False)
+    k = key[:, :16].copy().view(">u8")  # big-endian words of the first 128 bits order like the hex digest
+    order = np.lexsort((k[:, 1], k[:, 0], codes))
+    counts = np.bincount(codes)
+    rank = np.empty(len(codes), np.int64)
+    rank[order] = np.arange(len(codes)) - np.repeat(np.cumsum(counts) - counts, counts)
+    size = counts if spec.max_per_domain is None else np.minimum(counts, spec.max_per_domain)
+    # round() first: 0.1 * 30 must give 3 validation records, never ceil(3.0000000000000004) = 4.
+    n_val = np.minimum(spec.val_size, np.ceil(np.round(spec.val_fraction * size, 6))).astype(np.int64)
+    n_val = np.where(size >= 2, np.clip(n_val, 1 if spec.val_size and spec.val_fraction else 0, size - 1), 0)
+    return rank < size[codes], rank < n_val[codes]
+
+
+def _contiguous(t: pa.Table) -> pa.Table:
+    # Arrow's take (inside sort_by) is ~10x faster on one chunk; > 2 GiB of strings cannot be one chunk.
+    try:
+        return t.combine_chunks()
+    except pa.ArrowInvalid:
+        return t
+
+
+def _fingerprint(t: pa.Table, fmt: Format) -> str:
+    # Content enters through its sha256, already computed. Every row ends with the separator, so
+    # hashing Arrow's data buffer keeps row boundaries without a Python loop.
+    h = hashlib.sha256(f"distillkit-data-v1:{fmt}\n".encode())
+    rows = pc.binary_join_element_wise(t["sample_id"], t["domain"], t["split"], t["_digest"], "", _SEP)
+    for chunk in rows.chunks:
+        offsets = np.frombuffer(chunk.buffers()[1], np.int32)[chunk.offset : chunk.offset + len(chunk) + 1]
+        h.update(memoryview(chunk.buffers()[2])[offsets[0] : offsets[-1]])
+    return h.hexdigest()
+
+
+# --- reading files and directories -----------------------------------------------------------------
+def _read_path(path: Path) -> list[_Part]:
+    if path.is_file():
+        ext = path.suffix.lower()
+        if ext in TEXT_EXTS:
+            return [_read_blank_line_docs(path)]
+        if ext not in DATA_EXTS:
+            raise DataError(
+                f"unsupported data file extension {ext or '(none)'!r}: {path} (supported: "
+                f"{', '.join(DATA_EXTS + TEXT_EXTS)}, a save_to_disk directory, or a folder of such files)"
+            )
+        return [_Part([str(path)], _read_table(path), path.stem)]
+    if _is_hf_dir(path):
+        return _read_hf(path, path.name)
+    parts: list[_Part] = []
+    for entry in _entries(path):
+        if entry.is_dir():
+            parts += _read_domain_folder(entry)
+        elif entry.suffix.lower() in DATA_EXTS:
+            parts.append(_Part([str(entry)], _read_table(entry), entry.stem))
+        elif entry.suffix.lower() in TEXT_EXTS:
+            parts.append(_read_blank_line_docs(entry))
+    if not parts:
+        raise DataError(
+            f"no readable data in directory {path}: it holds {_listing(path)} (add files ending in "
+            f"{', '.join(DATA_EXTS + TEXT_EXTS)} or sub-folders of them, or pass a save_to_disk directory)"
+        )
+    return parts
+
+
+def _read_domain_folder(folder: Path) -> list[_Part]:
+    """A sub-folder of the data directory: one domain, named by the folder."""
+    if _is_hf_dir(folder):
+        return _read_hf(folder, folder.name)
+    parts: list[_Part] = []
+    texts: list[str] = []
+    text_sources: list[str] = []
+    stack = [folder]
+    while stack:  # depth-first in name order, so the read order is reproducible
+        for entry in reversed(_entries(stack.pop())):
+            if entry.is_dir():
+                parts += _read_hf(entry, folder.name) if _is_hf_dir(entry) else []
+                stack += [] if _is_hf_dir(entry) else [entry]
+            elif entry.suffix.lower() in DATA_EXTS:
+                parts.append(_Part([str(entry)], _read_table(entry), folder.name))
+            elif entry.suffix.lower() in TEXT_EXTS:
+                texts.append(_read_text(entry))
+                text_sources.append(str(entry))
+    if texts:
+        parts.append(_Part(text_sources, pa.table({"text": pa.array(texts, pa.string())}), folder.name, True))
+    return parts
+
+
+def _entries(folder: Path) -> list[Path]:
+    # Skip hidden files and tool droppings ("_SUCCESS", "__pycache__", ".DS_Store").
+    return sorted((e for e in folder.iterdir() if not e.name.startswith((".", "_"))), key=lambda e: e.name)
+
+
+def _read_blank_line_docs(path: Path) -> _Part:
+    docs = [d.strip() for d in re.split(r"\n[ \t\r\f\v]*\n", _read_text(path))]
+    return _Part([str(path)], pa.table({"text": pa.array([d for d in docs if d], pa.string())}), path.stem, True)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"text file {path} is not UTF-8 ({e.reason} at byte {e.start}); convert it to UTF-8") from None
+
+
+def _read_table(path: Path) -> pa.Table:
+    """One data file as an Arrow table; every reader failure becomes a one-line DataError."""
+    kind, reader = {
+        ".jsonl": ("JSON", _read_json),
+        ".json": ("JSON", _read_json),
+        ".csv": ("CSV", _read_csv),
+        ".parquet": ("Parquet", _read_parquet),
+    }.get(path.suffix.lower(), ("Arrow IPC", _read_ipc))
+    try:
+        return reader(path)
+    except DataError:
+        raise
+    except (pa.ArrowException, OSError, ValueError, TypeError) as e:
+        raise DataError(f"cannot read {path} as {kind}: {_first_line(e)} (fix or re-export the file)") from None
+
+
+def _read_json(path: Path) -> pa.Table:
+    with open(path, encoding="utf-8-sig") as f:
+        head = f.read(4096).lstrip()
+    if not head:
+        return pa.table({})
+    if head[0] != "[":
+        import pyarrow.json as pj
+
+        # A block must hold whole lines, so make it large enough for long documents.
+        size = min(max(path.stat().st_size + 1, 1 << 20), 1 << 28)
+        try:
+            return pj.read_json(str(path), read_options=pj.ReadOptions(block_size=size))
+        except pa.ArrowInvalid:
+            pass  # e.g. a field that is a number in one block and a string in another: parse in Python
+    with open(path, encoding="utf-8-sig") as f:
+        rows = json.load(f) if head[0] == "[" else [json.loads(line) for line in f if line.strip()]
+    if not all(isinstance(r, dict) for r in rows):
+        raise DataError(f"cannot read {path}: it must hold JSON objects, one per record (JSON lines or a list)")
+    return pa.Table.from_pylist(rows)
+
+
+def _read_csv(path: Path) -> pa.Table:
+    import pyarrow.csv as pcsv
+
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        header = next(csv.reader(f), None)
+    if not header:
+        return pa.table({})
+    # All columns as strings: type inference would turn the id "007" into 7 and the text "1" into an int.
+    return pcsv.read_csv(
+        path,
+        parse_options=pcsv.ParseOptions(newlines_in_values=True),
+        convert_options=pcsv.ConvertOptions(column_types={h: pa.string() for h in header}),
+    )
+
+
+def _read_parquet(path: Path) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path)
+
+
+def _read_ipc(path: Path) -> pa.Table:
+    import pyarrow.ipc as ipc
+
+    with pa.memory_map(str(path), "r") as src:
+        try:
+            return ipc.open_file(src).read_all()
+        except pa.ArrowInvalid:  # not the file format: the stream format has no footer
+            src.seek(0)
+            return ipc.open_stream(src).read_all()
+
+
+def _is_hf_dir(path: Path) -> bool:
+    if (path / "dataset_dict.json").is_file():
+        return True
+    return (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
+
+
+def _read_hf(path: Path, domain: str) -> list[_Part]:
+    """A save_to_disk directory: a Dataset, or a DatasetDict's "train" split (else all its splits)."""
+    try:
+        import datasets  # here, not at the top: slow to import, and only these directories need it
+
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:  # noqa: BLE001 - any loader failure is a one-line data error
+        raise DataError(f"cannot load save_to_disk directory {path}: {_first_line(e)}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        names = ["train"] if "train" in ds else sorted(ds)
+        return [_Part([f"{path}[{s}]"], ds[s].with_format("arrow")[:], domain) for s in names]
+    return [_Part([str(path)], ds.with_format("arrow")[:], domain)]
+
+
+# --- message helpers -------------------------------------------------------------------------------
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _some(items: list[str] | tuple[str, ...], limit: int = 20) -> str:
+    """'a, b, c and 7 more': what exists, short enough for a one-line message."""
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more if items else "nothing"
+
+
+def _listing(folder: Path) -> str:
+    return _some(sorted(e.name + ("/" if e.is_dir() else "") for e in folder.iterdir()), 10)

@@ -1,0 +1,138 @@
+"""The CLI: exit codes, one-line messages, nothing damaged, and kill-and-resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from distillkit.artifacts import read_artifact
+from tests.conftest import build_model, make_texts, write_jsonl
+
+runner = CliRunner()
+
+
+def _invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _score_args(data, teacher, student, out, *extra):
+    return ["score", "--data", data, "--teacher", teacher, "--student", student, "--out", out, "--dtype", "float32", *extra]
+
+
+@pytest.fixture
+def finished(tmp_path, text_jsonl, tiny_teacher_dir, tiny_student_dir):
+    """A complete score artifact whose bytes must survive every bad invocation."""
+    out = tmp_path / "score"
+    r = _invoke(*_score_args(text_jsonl, tiny_teacher_dir, tiny_student_dir, out))
+    assert r.exit_code == 0, r.output
+    snapshot = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    return out, snapshot
+
+
+def test_version_and_help():
+    r = _invoke("--version")
+    assert r.exit_code == 0 and r.output.startswith("distillkit 0.")
+    r = _invoke("score", "--help")
+    assert r.exit_code == 0 and "--top-k" in r.output and "--shard" in r.output
+
+
+def _bad_cases(tmp_path, text_jsonl, teacher, student, other):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    nocol = write_jsonl(tmp_path / "nocol.jsonl", [{"body": t} for t in make_texts(5)])
+    notmodel = tmp_path / "notmodel"
+    notmodel.mkdir()
+    (notmodel / "readme.txt").write_text("hi")
+    return {
+        "missing file": (tmp_path / "nope.jsonl", teacher, student, [], "does not exist"),
+        "empty dataset": (empty, teacher, student, [], "empty"),
+        "missing text column": (nocol, teacher, student, [], "--text-field"),
+        "unknown domain field": (text_jsonl, teacher, student, ["--domain-field", "topic"], "topic"),
+        "tokenizer mismatch": (text_jsonl, teacher, other, [], "tokenizer"),
+        "not a model": (text_jsonl, notmodel, student, [], "not a model"),
+    }
+
+
+def test_bad_inputs_exit_2_one_line_and_damage_nothing(tmp_path, finished, text_jsonl, tiny_teacher_dir,
+                                                       tiny_student_dir, other_tok_model_dir):
+    out, snapshot = finished
+    cases = _bad_cases(tmp_path, text_jsonl, tiny_teacher_dir, tiny_student_dir, other_tok_model_dir)
+    for name, (data, teacher, student, extra, needle) in cases.items():
+        r = _invoke(*_score_args(data, teacher, student, out, "--overwrite", *extra))
+        assert r.exit_code == 2, (name, r.output)
+        lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), (name, r.output)
+        assert needle.lower() in lines[0].lower(), (name, lines[0])
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == snapshot, name
+        assert not out.with_name(out.name + ".partial").exists(), name
+
+
+def test_config_errors_exit_2(tmp_path, text_jsonl, tiny_teacher_dir, tiny_student_dir):
+    r = _invoke(*_score_args(text_jsonl, tiny_teacher_dir, tiny_student_dir, tmp_path / "o", "--set", "topk=3"))
+    assert r.exit_code == 2 and "did you mean top_k" in r.output
+    r = _invoke(*_score_args(text_jsonl, tiny_teacher_dir, tiny_student_dir, tmp_path / "o", "--shard", "2/2"))
+    assert r.exit_code == 2 and "--shard" in r.output
+    r = _invoke("score", "--data", text_jsonl)
+    assert r.exit_code == 2 and "teacher is required" in r.output
+
+
+def test_print_config_precedence(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[score]\ndata = "a.jsonl"\nteacher = "t"\nstudent = "s"\nout = "o"\ntop_k = 4\nmax_length = 64\n')
+    r = _invoke("score", "--config", cfg, "--set", "top_k=8", "--set", "max_length=32", "--max-length", "16", "--print-config")
+    assert r.exit_code == 0, r.output
+    assert "top_k = 8" in r.output and "max_length = 16" in r.output and 'data = "a.jsonl"' in r.output
+
+
+def test_inspect(finished):
+    out, _ = finished
+    r = _invoke("inspect", out)
+    assert r.exit_code == 0, r.output
+    assert "score artifact" in r.output and "samples.arrow" in r.output and "domains.arrow" in r.output
+    r = _invoke("inspect", out.parent / "nothing")
+    assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def test_kill_and_resume_gives_same_rows(tmp_path, tiny_tok_dir, tiny_student_dir):
+    teacher = build_model(tmp_path / "slow_teacher", tiny_tok_dir, layers=4, hidden=192, seed=7)
+    rows = [{"text": t, "domain": f"d{i % 3}"} for i, t in enumerate(make_texts(120, seed=9, min_words=60, max_words=90))]
+    data = write_jsonl(tmp_path / "big.jsonl", rows)
+    args = _score_args(data, teacher, tiny_student_dir, tmp_path / "killed", "--set", "chunk_size=6", "--top-k", "3")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", *map(str, args)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    chunks = tmp_path / "killed.partial" / "chunks"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if chunks.is_dir() and len(list(chunks.glob("part-*.arrow"))) >= 3:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    done_before = len(list(chunks.glob("part-*.arrow")))
+    assert 3 <= done_before < 20
+    assert not (tmp_path / "killed").exists()
+
+    r = _invoke(*args)  # without --resume: refused, partial kept
+    assert r.exit_code == 2 and "--resume" in r.output
+    r = _invoke(*args, "--resume")
+    assert r.exit_code == 0, r.output
+    killed = read_artifact(tmp_path / "killed", "score")
+    assert killed.manifest["figures"]["chunks_resumed"] == done_before
+
+    ref_args = _score_args(data, teacher, tiny_student_dir, tmp_path / "ref", "--set", "chunk_size=6", "--top-k", "3")
+    assert _invoke(*ref_args).exit_code == 0
+    ref = read_artifact(tmp_path / "ref", "score")
+    assert killed.table("samples.arrow").equals(ref.table("samples.arrow"))
+    assert killed.files("topk/") == ref.files("topk/")
+    for f in ref.files("topk/"):
+        assert killed.table(f).equals(ref.table(f))
