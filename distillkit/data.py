@@ -1,30 +1,27 @@
 """Training data: read a file or directory into one normalized, split Arrow table.
 
-Inputs. A file: ``.jsonl``/``.json`` (JSON lines, or one JSON list of objects), ``.parquet``,
+Inputs. A file: ``.jsonl``/``.json`` (JSON lines or one JSON list of objects), ``.parquet``,
 ``.arrow``/``.feather``/``.ipc`` (Arrow IPC file or stream), ``.csv`` (read as strings, so an id
-``007`` survives), ``.txt``/``.md`` (blank-line rule below). A Hugging Face ``save_to_disk``
-directory: a Dataset, or a DatasetDict (its "train" split if it has one, else all splits).
-Any other directory (entries whose names start with "." or "_" are skipped):
-  * each top-level data file is a domain named by its stem (``news.jsonl`` -> "news");
-  * each top-level ``.txt``/``.md`` file is a domain named by its stem whose documents are separated
-    by blank lines (lines holding only whitespace); each document is stripped;
-  * each sub-folder is a domain named by the folder: every ``.txt``/``.md`` file in it (at any depth)
-    is one whole document, and data files in it contribute their records;
-  * other files are ignored.
+``007`` survives), ``.txt``/``.md``. A Hugging Face ``save_to_disk`` directory: a Dataset, or a
+DatasetDict (its "train" split if it has one, else all splits). Any other directory, skipping names
+that start with "." or "_": each top-level data file is a domain named by its stem (``news.jsonl``
+-> "news"); each top-level ``.txt``/``.md`` file is a domain named by its stem whose documents are
+separated by blank lines (lines holding only whitespace), each stripped; each sub-folder is a domain
+named by the folder, in which every ``.txt``/``.md`` file (at any depth) is one whole document and
+data files contribute their records; other files are ignored.
 
-Records. A ``text`` column makes "text" data; ``prompt`` + ``response`` columns make "instruction"
-data (preferred when a file has both); the names follow `DataSpec`; one data set has one format.
-The domain is the ``domain_field`` column (or a column named "domain"); without one, and for
-null/empty values and text files, it is the file/folder name above.
+Records. A ``text`` column makes "text" data, ``prompt`` + ``response`` columns "instruction" data
+(preferred when a file has both); names follow `DataSpec`; a data set has one format. The domain is
+the ``domain_field`` column (or a column named "domain"), else (also for null/empty values and text
+files) the file/folder name. ``sample_id`` is the id column (``id_field``, or a column named "id") as
+a string, else the first 16 hex chars of sha256(content), content being the text or prompt + "\\x1f"
++ response, so the same records get the same ids in any format.
 
-Ids, cleaning, splits, order. ``sample_id`` is the id column (``id_field``, or a column named "id")
-as a string, else the first 16 hex chars of sha256(content), content being the text or prompt +
-"\\x1f" + response, so the same records get the same ids in any format. Records with a null or blank
-text (or response) are dropped, and so are records repeating an earlier record's content (in read
-order, over the whole data set); both are counted. In each domain, records are ranked by
-sha256(f"{seed}:{sample_id}"): `max_per_domain` keeps the first ones, and the first
-min(val_size, ceil(val_fraction * n)) of those (at least 1, at most n - 1, when n >= 2) form the
-"validation" split. Rows come out sorted by (domain, sample_id), whatever order files were read in.
+Cleaning, splits, order. Records with a null or blank text (or response) are dropped, and so are
+records repeating an earlier one's content (read order, whole data set); both are counted. In each
+domain, records are ranked by sha256(f"{seed}:{sample_id}"): `max_per_domain` keeps the first ones,
+and the first min(val_size, ceil(val_fraction * n)) of those (at least 1, at most n - 1, when n >= 2)
+are the "validation" split. Rows come out sorted by (domain, sample_id), whatever the read order.
 """
 
 from __future__ import annotations
@@ -40,6 +37,10 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.ipc as ipc
+import pyarrow.json as pj
+import pyarrow.parquet as pq
 
 from distillkit.errors import ConfigError, DataError
 
@@ -62,7 +63,7 @@ class DataSpec:
     response_field: str = "response"
     domain_field: str | None = None  # None: a "domain" column if present, else the file/folder name
     id_field: str | None = None  # None: an "id" column if present, else a content hash
-    val_size: int = 500  # held-out records per domain: min(val_size, ceil(val_fraction * n))
+    val_size: int = 500  # held-out records per domain: min(val_size, ceil(val_fraction * n)); 0: none
     val_fraction: float = 0.1
     max_per_domain: int | None = None  # deterministic subsample per domain (demos, smoke runs)
     seed: int = 0
@@ -99,7 +100,7 @@ def load_data(spec: DataSpec) -> Dataset:
     _check_spec(spec)
     path = Path(spec.path)
     if not path.exists():
-        hint = f"; {path.parent} holds: {_listing(path.parent)}" if path.parent.is_dir() else ""
+        hint = f"; {path.parent} holds: {_some(path.parent, 10)}" if path.parent.is_dir() else ""
         raise DataError(f"data path does not exist: {path} (pass an existing file or directory to --data{hint})")
     parts = _read_path(path)
     sources = tuple(s for p in parts for s in p.sources)
@@ -121,9 +122,9 @@ def load_data(spec: DataSpec) -> Dataset:
     keep, val = _subsample_and_split(t["domain"], keys, spec)
     t = t.drop_columns(["id"]).append_column("sample_id", sample_id).append_column("_digest", digest_hex)
     t = t.append_column("split", pc.if_else(pa.array(val), "validation", "train"))
-    if not keep.all():
-        t = t.filter(pa.array(keep))
-    t = _contiguous(t).sort_by([("domain", "ascending"), ("sample_id", "ascending")])
+    t = t if keep.all() else t.filter(pa.array(keep))
+    # Arrow's take (in sort_by) is ~10x faster on one chunk; over 2 GiB of strings cannot be one chunk.
+    t = (t.combine_chunks() if t.nbytes < 1 << 31 else t).sort_by([("domain", "ascending"), ("sample_id", "ascending")])
     table = t.select(list(COLUMNS)).cast(SCHEMA)
     return Dataset(table, fmt, _fingerprint(t, fmt), sources, dropped_empty, dropped_dup)
 
@@ -135,7 +136,6 @@ def shard_rows(n: int, shard: int, num_shards: int) -> range:
     return range(shard * n // num_shards, (shard + 1) * n // num_shards)
 
 
-# --- checks and format detection ----------------------------------------------------------------
 def _check_spec(spec: DataSpec) -> None:
     problems = [f"val_size must be >= 0, got {spec.val_size}"] if spec.val_size < 0 else []
     if not 0.0 <= spec.val_fraction < 1.0:
@@ -174,12 +174,11 @@ def _check_unique_ids(sample_id: pa.ChunkedArray, spec: DataSpec) -> None:
     if len(dup):
         some, times = dup[0]["values"].as_py(), dup[0]["counts"].as_py()
         raise DataError(
-            f"duplicate sample ids: {len(dup)} ids occur more than once, e.g. {some!r} ({times} records) "
-            f"in id column {spec.id_field or 'id'!r} (make the ids unique, or set --id-field to a unique column)"
+            f"duplicate sample id {some!r}: {times} records share it ({len(dup)} duplicated ids in all) in id column "
+            f"{spec.id_field or 'id'!r} (make the ids unique, or set --id-field to a unique column)"
         )
 
 
-# --- normalization: one part -> columns id, domain, text, prompt, response --------------------
 def _normalize(p: _Part, spec: DataSpec, fmt: Format) -> pa.Table:
     null = pa.nulls(p.table.num_rows, pa.string())
     if fmt == "text":
@@ -213,13 +212,11 @@ def _pick_column(p: _Part, explicit: str | None, default: str, option: str) -> s
 def _strings(p: _Part, name: str, option: str) -> pa.ChunkedArray:
     """Column `name` as strings; numbers and booleans are converted, nested values refused."""
     col = p.table[name]
-    if pa.types.is_string(col.type):
-        return col
-    if not pa.types.is_nested(col.type):
-        try:
-            return col.cast(pa.string())
-        except pa.ArrowException:
-            pass
+    try:
+        if not pa.types.is_nested(col.type):
+            return col if pa.types.is_string(col.type) else col.cast(pa.string())
+    except pa.ArrowException:
+        pass
     raise DataError(
         f"column {name!r} in {p.sources[0]} holds {col.type} values, not strings "
         f"(set {option} to a string column); columns: {_some(p.columns)}"
@@ -231,14 +228,12 @@ def _blank_to_null(col: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
 
 
-# --- cleaning, subsampling, validation split, fingerprint ---------------------------------------
 def _drop_empty_and_duplicates(t: pa.Table, fmt: Format) -> tuple[pa.Table, np.ndarray, int, int]:
     """Drop blank records, then repeated contents; return the rows' content sha256 as (n, 32) uint8."""
     main = t["text"] if fmt == "text" else t["response"]
     empty = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(main), ""), True)
     n_empty = int(pc.sum(empty).as_py() or 0)
-    if n_empty:
-        t = t.filter(pc.invert(empty))
+    t = t.filter(pc.invert(empty)) if n_empty else t
     content = t["text"] if fmt == "text" else pc.binary_join_element_wise(t["prompt"], t["response"], _SEP)
     digests = _sha256(content)
     # Keep each content's first row: rows fed backwards, the earliest index is written last.
@@ -282,86 +277,69 @@ def _subsample_and_split(domain: pa.ChunkedArray, key: np.ndarray, spec: DataSpe
     return rank < size[codes], rank < n_val[codes]
 
 
-def _contiguous(t: pa.Table) -> pa.Table:
-    # Arrow's take (inside sort_by) is ~10x faster on one chunk; > 2 GiB of strings cannot be one chunk.
-    try:
-        return t.combine_chunks()
-    except pa.ArrowInvalid:
-        return t
-
-
 def _fingerprint(t: pa.Table, fmt: Format) -> str:
     # Content enters through its sha256, already computed. Every row ends with the separator, so
     # hashing Arrow's data buffer keeps row boundaries without a Python loop.
     h = hashlib.sha256(f"distillkit-data-v1:{fmt}\n".encode())
     rows = pc.binary_join_element_wise(t["sample_id"], t["domain"], t["split"], t["_digest"], "", _SEP)
-    for chunk in rows.chunks:
+    for chunk in (c for c in rows.chunks if len(c)):
         offsets = np.frombuffer(chunk.buffers()[1], np.int32)[chunk.offset : chunk.offset + len(chunk) + 1]
         h.update(memoryview(chunk.buffers()[2])[offsets[0] : offsets[-1]])
     return h.hexdigest()
 
 
-# --- reading files and directories -----------------------------------------------------------------
 def _read_path(path: Path) -> list[_Part]:
     if path.is_file():
-        ext = path.suffix.lower()
-        if ext in TEXT_EXTS:
-            return [_read_blank_line_docs(path)]
-        if ext not in DATA_EXTS:
+        if (part := _read_file(path)) is None:
             raise DataError(
-                f"unsupported data file extension {ext or '(none)'!r}: {path} (supported: "
+                f"unsupported data file extension {path.suffix or '(none)'!r}: {path} (supported: "
                 f"{', '.join(DATA_EXTS + TEXT_EXTS)}, a save_to_disk directory, or a folder of such files)"
             )
-        return [_Part([str(path)], _read_table(path), path.stem)]
+        return [part]
     if _is_hf_dir(path):
         return _read_hf(path, path.name)
     parts: list[_Part] = []
     for entry in _entries(path):
-        if entry.is_dir():
-            parts += _read_domain_folder(entry)
-        elif entry.suffix.lower() in DATA_EXTS:
-            parts.append(_Part([str(entry)], _read_table(entry), entry.stem))
-        elif entry.suffix.lower() in TEXT_EXTS:
-            parts.append(_read_blank_line_docs(entry))
+        parts += _read_folder(entry, entry.name) if entry.is_dir() else [p for p in [_read_file(entry)] if p]
     if not parts:
         raise DataError(
-            f"no readable data in directory {path}: it holds {_listing(path)} (add files ending in "
+            f"no readable data in directory {path}: it holds {_some(path, 10)} (add files ending in "
             f"{', '.join(DATA_EXTS + TEXT_EXTS)} or sub-folders of them, or pass a save_to_disk directory)"
         )
     return parts
 
 
-def _read_domain_folder(folder: Path) -> list[_Part]:
-    """A sub-folder of the data directory: one domain, named by the folder."""
+def _read_file(path: Path) -> _Part | None:
+    """A data file or a blank-line separated text file: one domain named by its stem (None: not data)."""
+    if path.suffix.lower() in DATA_EXTS:
+        return _Part([str(path)], _read_table(path), path.stem)
+    if path.suffix.lower() in TEXT_EXTS:
+        docs = [d.strip() for d in re.split(r"\n[ \t\r\f\v]*\n", _read_text(path))]
+        return _Part([str(path)], pa.table({"text": pa.array([d for d in docs if d], pa.string())}), path.stem, True)
+    return None
+
+
+def _read_folder(folder: Path, domain: str) -> list[_Part]:
+    """A sub-folder of the data directory, at any depth: all of it is domain `domain`."""
     if _is_hf_dir(folder):
-        return _read_hf(folder, folder.name)
+        return _read_hf(folder, domain)
     parts: list[_Part] = []
-    texts: list[str] = []
-    text_sources: list[str] = []
-    stack = [folder]
-    while stack:  # depth-first in name order, so the read order is reproducible
-        for entry in reversed(_entries(stack.pop())):
-            if entry.is_dir():
-                parts += _read_hf(entry, folder.name) if _is_hf_dir(entry) else []
-                stack += [] if _is_hf_dir(entry) else [entry]
-            elif entry.suffix.lower() in DATA_EXTS:
-                parts.append(_Part([str(entry)], _read_table(entry), folder.name))
-            elif entry.suffix.lower() in TEXT_EXTS:
-                texts.append(_read_text(entry))
-                text_sources.append(str(entry))
+    texts: dict[str, str] = {}
+    for entry in _entries(folder):
+        if entry.is_dir():
+            parts += _read_folder(entry, domain)
+        elif entry.suffix.lower() in DATA_EXTS:
+            parts.append(_Part([str(entry)], _read_table(entry), domain))
+        elif entry.suffix.lower() in TEXT_EXTS:
+            texts[str(entry)] = _read_text(entry)
     if texts:
-        parts.append(_Part(text_sources, pa.table({"text": pa.array(texts, pa.string())}), folder.name, True))
+        parts.append(_Part(list(texts), pa.table({"text": pa.array(list(texts.values()), pa.string())}), domain, True))
     return parts
 
 
 def _entries(folder: Path) -> list[Path]:
     # Skip hidden files and tool droppings ("_SUCCESS", "__pycache__", ".DS_Store").
     return sorted((e for e in folder.iterdir() if not e.name.startswith((".", "_"))), key=lambda e: e.name)
-
-
-def _read_blank_line_docs(path: Path) -> _Part:
-    docs = [d.strip() for d in re.split(r"\n[ \t\r\f\v]*\n", _read_text(path))]
-    return _Part([str(path)], pa.table({"text": pa.array([d for d in docs if d], pa.string())}), path.stem, True)
 
 
 def _read_text(path: Path) -> str:
@@ -373,12 +351,9 @@ def _read_text(path: Path) -> str:
 
 def _read_table(path: Path) -> pa.Table:
     """One data file as an Arrow table; every reader failure becomes a one-line DataError."""
-    kind, reader = {
-        ".jsonl": ("JSON", _read_json),
-        ".json": ("JSON", _read_json),
-        ".csv": ("CSV", _read_csv),
-        ".parquet": ("Parquet", _read_parquet),
-    }.get(path.suffix.lower(), ("Arrow IPC", _read_ipc))
+    kinds = {".jsonl": "JSON", ".json": "JSON", ".csv": "CSV", ".parquet": "Parquet"}
+    kind = kinds.get(path.suffix.lower(), "Arrow IPC")
+    reader = {"JSON": _read_json, "CSV": _read_csv, "Parquet": pq.read_table}.get(kind, _read_ipc)
     try:
         return reader(path)
     except DataError:
@@ -393,45 +368,47 @@ def _read_json(path: Path) -> pa.Table:
     if not head:
         return pa.table({})
     if head[0] != "[":
-        import pyarrow.json as pj
-
-        # A block must hold whole lines, so make it large enough for long documents.
-        size = min(max(path.stat().st_size + 1, 1 << 20), 1 << 28)
+        size = min(max(path.stat().st_size + 1, 1 << 20), 1 << 28)  # a block must hold whole lines
         try:
-            return pj.read_json(str(path), read_options=pj.ReadOptions(block_size=size))
+            table = pj.read_json(str(path), read_options=pj.ReadOptions(block_size=size))
+            # Arrow reads date-like strings as timestamps, which would rewrite such a text: use Python then.
+            if not any(pa.types.is_timestamp(f.type) for f in table.schema):
+                return table
         except pa.ArrowInvalid:
-            pass  # e.g. a field that is a number in one block and a string in another: parse in Python
+            pass  # e.g. a field that is a number in one row and a string in another
     with open(path, encoding="utf-8-sig") as f:
-        rows = json.load(f) if head[0] == "[" else [json.loads(line) for line in f if line.strip()]
+        rows = json.load(f) if head[0] == "[" else [_json_line(s, i, path) for i, s in enumerate(f, 1) if s.strip()]
     if not all(isinstance(r, dict) for r in rows):
         raise DataError(f"cannot read {path}: it must hold JSON objects, one per record (JSON lines or a list)")
-    return pa.Table.from_pylist(rows)
+    return pa.table({k: _json_column([r.get(k) for r in rows]) for k in dict.fromkeys(k for r in rows for k in r)})
+
+
+def _json_line(line: str, number: int, path: Path) -> object:
+    try:
+        return json.loads(line)
+    except ValueError as e:
+        raise DataError(f"cannot read {path} as JSON lines: line {number}: {e} (fix the file)") from None
+
+
+def _json_column(values: list) -> pa.Array:
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        # Mixed types in one field (ids 1 and "1a"): keep the strings, write the other values as JSON.
+        return pa.array([v if v is None or isinstance(v, str) else json.dumps(v) for v in values], pa.string())
 
 
 def _read_csv(path: Path) -> pa.Table:
-    import pyarrow.csv as pcsv
-
     with open(path, encoding="utf-8-sig", newline="") as f:
         header = next(csv.reader(f), None)
     if not header:
         return pa.table({})
     # All columns as strings: type inference would turn the id "007" into 7 and the text "1" into an int.
-    return pcsv.read_csv(
-        path,
-        parse_options=pcsv.ParseOptions(newlines_in_values=True),
-        convert_options=pcsv.ConvertOptions(column_types={h: pa.string() for h in header}),
-    )
-
-
-def _read_parquet(path: Path) -> pa.Table:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path)
+    as_strings = pcsv.ConvertOptions(column_types={h: pa.string() for h in header})
+    return pcsv.read_csv(path, parse_options=pcsv.ParseOptions(newlines_in_values=True), convert_options=as_strings)
 
 
 def _read_ipc(path: Path) -> pa.Table:
-    import pyarrow.ipc as ipc
-
     with pa.memory_map(str(path), "r") as src:
         try:
             return ipc.open_file(src).read_all()
@@ -441,16 +418,14 @@ def _read_ipc(path: Path) -> pa.Table:
 
 
 def _is_hf_dir(path: Path) -> bool:
-    if (path / "dataset_dict.json").is_file():
-        return True
-    return (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
+    present = {f for f in ("dataset_dict.json", "state.json", "dataset_info.json") if (path / f).is_file()}
+    return "dataset_dict.json" in present or {"state.json", "dataset_info.json"} <= present
 
 
 def _read_hf(path: Path, domain: str) -> list[_Part]:
     """A save_to_disk directory: a Dataset, or a DatasetDict's "train" split (else all its splits)."""
     try:
         import datasets  # here, not at the top: slow to import, and only these directories need it
-
         ds = datasets.load_from_disk(str(path))
     except Exception as e:  # noqa: BLE001 - any loader failure is a one-line data error
         raise DataError(f"cannot load save_to_disk directory {path}: {_first_line(e)}") from None
@@ -460,17 +435,14 @@ def _read_hf(path: Path, domain: str) -> list[_Part]:
     return [_Part([str(path)], ds.with_format("arrow")[:], domain)]
 
 
-# --- message helpers -------------------------------------------------------------------------------
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _some(items: list[str] | tuple[str, ...], limit: int = 20) -> str:
-    """'a, b, c and 7 more': what exists, short enough for a one-line message."""
+def _some(items: list[str] | tuple[str, ...] | Path, limit: int = 20) -> str:
+    """'a, b, c and 7 more': what exists (the names, or a folder's entries), short enough for one line."""
+    if isinstance(items, Path):
+        items = sorted(e.name + ("/" if e.is_dir() else "") for e in items.iterdir())
     more = f" and {len(items) - limit} more" if len(items) > limit else ""
     return ", ".join(items[:limit]) + more if items else "nothing"
-
-
-def _listing(folder: Path) -> str:
-    return _some(sorted(e.name + ("/" if e.is_dir() else "") for e in folder.iterdir()), 10)

@@ -14,13 +14,9 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
 
-from distillkit.data import COLUMNS, DataSpec, load_data, shard_rows
+from distillkit.data import COLUMNS, Dataset, DataSpec, load_data, shard_rows
 from distillkit.errors import ConfigError, DataError
 from tests.conftest import make_texts, write_jsonl
-
-
-def _rows(n: int = 30, seed: int = 0, domains: tuple[str, ...] = ("alpha", "beta")) -> list[dict]:
-    return [{"text": t, "domain": domains[i % len(domains)]} for i, t in enumerate(unique_texts(n, seed))]
 
 
 def unique_texts(n: int, seed: int = 0) -> list[str]:
@@ -28,11 +24,15 @@ def unique_texts(n: int, seed: int = 0) -> list[str]:
     return [f"{i}: {t}" for i, t in enumerate(make_texts(n, seed=seed, max_words=12))]
 
 
-def load(path: Path, **kw) -> "object":
+def _rows(n: int = 30, seed: int = 0, domains: tuple[str, ...] = ("alpha", "beta")) -> list[dict]:
+    return [{"text": t, "domain": domains[i % len(domains)]} for i, t in enumerate(unique_texts(n, seed))]
+
+
+def load(path: Path, **kw) -> Dataset:
     return load_data(DataSpec(str(path), **kw))
 
 
-def col(ds, name: str) -> list:
+def col(ds: Dataset, name: str) -> list:
     return ds.table.column(name).to_pylist()
 
 
@@ -49,7 +49,8 @@ def _write_all_formats(tmp: Path, rows: list[dict]) -> dict[str, Path]:
     (tmp / "json").mkdir()
     out["json"] = tmp / "json" / "corpus.json"
     out["json"].write_text(json.dumps(rows, indent=1))
-    for kind, ext in (("parquet", "parquet"), ("arrow", "arrow"), ("feather", "feather"), ("stream", "ipc"), ("csv", "csv")):
+    kinds = (("parquet", "parquet"), ("arrow", "arrow"), ("feather", "feather"), ("stream", "ipc"), ("csv", "csv"))
+    for kind, ext in kinds:
         (tmp / kind).mkdir()
         out[kind] = p = tmp / kind / f"corpus.{ext}"
         if kind == "parquet":
@@ -67,15 +68,17 @@ def _write_all_formats(tmp: Path, rows: list[dict]) -> dict[str, Path]:
     return out
 
 
-def test_every_file_format_gives_the_same_dataset(tmp_path):
-    rows = _rows(30)
+@pytest.mark.parametrize("with_ids", [False, True])
+def test_every_file_format_gives_the_same_dataset(tmp_path, with_ids):
+    rows = [{"id": 100 + i, **r} if with_ids else r for i, r in enumerate(_rows(30))]
     files = _write_all_formats(tmp_path, rows)
     loaded = {kind: load(p) for kind, p in files.items()}
     ref = loaded["jsonl"]
     assert ref.format == "text" and ref.table.num_rows == 30
     assert ref.table.column_names == list(COLUMNS)
     assert all(ref.table.schema.field(c).type == pa.string() for c in COLUMNS)
-    assert sorted(col(ref, "sample_id")) == sorted(content_id(r["text"]) for r in rows)
+    expected_ids = [str(r["id"]) if with_ids else content_id(r["text"]) for r in rows]
+    assert sorted(col(ref, "sample_id")) == sorted(expected_ids)
     for kind, ds in loaded.items():
         assert ds.table.equals(ref.table), kind
         assert ds.fingerprint == ref.fingerprint, kind
@@ -187,7 +190,7 @@ def test_dedupe_and_empty_records(tmp_path):
 
 def test_duplicate_ids_are_refused(tmp_path):
     rows = [{"id": "x", "text": "a"}, {"id": "x", "text": "b"}, {"id": "y", "text": "c"}, {"id": "x", "text": "a"}]
-    with pytest.raises(DataError, match=r"1 ids occur more than once, e.g. 'x' \(2 records\)"):
+    with pytest.raises(DataError, match=r"duplicate sample id 'x': 2 records share it \(1 duplicated ids in all\)"):
         load(write_jsonl(tmp_path / "d.jsonl", rows))  # the exact copy of ("x", "a") is deduped first
 
 
@@ -244,7 +247,7 @@ def test_missing_path(tmp_path):
 
 def test_unsupported_extension(tmp_path):
     (tmp_path / "d.xlsx").write_text("x")
-    with pytest.raises(DataError, match=r"unsupported data file extension '.xlsx'.*supported: .jsonl, .json, .parquet"):
+    with pytest.raises(DataError, match=r"unsupported data file extension '.xlsx'.*supported: .jsonl, .json, .parq"):
         load(tmp_path / "d.xlsx")
 
 
@@ -259,7 +262,7 @@ def test_empty_dataset(tmp_path):
 
 def test_no_text_column(tmp_path):
     p = write_jsonl(tmp_path / "d.jsonl", [{"body": "x", "meta": 1}])
-    with pytest.raises(DataError, match=r"no text column in .*d\.jsonl.*--text-field.*--prompt-field.*columns: body, meta"):
+    with pytest.raises(DataError, match=r"no text column in .*d\.jsonl.*--text-field.*--prompt-field.*: body, meta"):
         load(p)
 
 
@@ -274,7 +277,7 @@ def test_unknown_domain_and_id_fields(tmp_path):
 def test_mixed_formats(tmp_path):
     write_jsonl(tmp_path / "d" / "a.jsonl", [{"text": "x"}])
     write_jsonl(tmp_path / "d" / "b.jsonl", [{"prompt": "p", "response": "r"}])
-    with pytest.raises(DataError, match=r"mixed record formats: .*a\.jsonl holds text .*b\.jsonl holds prompt/response"):
+    with pytest.raises(DataError, match=r"mixed record formats: .*a\.jsonl holds text .*b\.jsonl holds prompt/resp"):
         load(tmp_path / "d")
 
 
@@ -285,12 +288,35 @@ def test_directory_without_data(tmp_path):
         load(tmp_path / "d")
 
 
+def test_messy_json_lines(tmp_path):
+    lines = [
+        '{"text": "2020-01-01", "id": 1}',  # Arrow would read a date-like text as a timestamp
+        "",
+        '{"text": "plain", "id": "1a", "domain": "late"}',  # mixed id types; a key missing in row 1
+    ]
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    ds = load(tmp_path / "m.jsonl")
+    got = dict(zip(col(ds, "sample_id"), zip(col(ds, "text"), col(ds, "domain"))))
+    assert got == {"1": ("2020-01-01", "m"), "1a": ("plain", "late")}
+
+
+def test_datasets_is_imported_only_for_save_to_disk(tmp_path):
+    import subprocess
+    import sys
+
+    p = write_jsonl(tmp_path / "d.jsonl", [{"text": "x"}])
+    load_it = f"from distillkit.data import DataSpec, load_data; load_data(DataSpec({str(p)!r}))"
+    code = f"import sys; {load_it}; print('datasets' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_unreadable_files_and_bad_columns(tmp_path):
     (tmp_path / "bad.parquet").write_text("not parquet")
     with pytest.raises(DataError, match=r"cannot read .*bad\.parquet as Parquet"):
         load(tmp_path / "bad.parquet")
-    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"text": \n')
-    with pytest.raises(DataError, match=r"cannot read .*bad\.jsonl as JSON"):
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n\n{"text": \n')
+    with pytest.raises(DataError, match=r"cannot read .*bad\.jsonl as JSON lines: line 3: "):
         load(tmp_path / "bad.jsonl")
     p = write_jsonl(tmp_path / "nested.jsonl", [{"text": ["a", "b"]}])
     with pytest.raises(DataError, match=r"column 'text' .* holds list<item: string> values"):
