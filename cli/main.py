@@ -130,6 +130,14 @@ def run_recipe(
         console.print(f"[green]done[/]: results under {root}  (inspect with: distillkit inspect {root / 'score'})")
 
 
+
+
+# Stage commands that live in their own modules (each imports only typer at module level).
+from cli.plan_cmd import plan as _plan  # noqa: E402
+
+app.command("plan")(_plan)
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,288 @@
+"""`distillkit plan`: a score artifact -> POCL curriculum + DDK domain mixture.
+
+Reads ``samples.arrow`` and ``domains.arrow`` of a complete, unsharded score artifact and writes
+
+- ``curriculum.arrow``: the *training* rows (validation rows stay held out for DDK re-measurement
+  and eval), sorted by rank: sample_id, domain, rank (0 = easiest), stage (first stage whose pool
+  holds the row), difficulty (the measure, higher = harder), num_tokens;
+- ``mixture.arrow``: per domain the initial weight (sums to 1) beside the measured perplexities;
+- ``plan.png`` with ``plot``;
+- the schedule (per stage: fraction, temperature, KD weight λ, pool size) under ``plan`` in the manifest.
+
+Identical scores and config give byte-identical ``.arrow`` files. See docs/plan.md.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from distillkit.config import opt, to_dict
+from distillkit.curriculum import Measure
+from distillkit.mixture import DDK_ALPHA, DDK_INTERVAL, MixtureKind
+
+KIND = "plan"
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    scores: str = opt(None, "Score artifact directory (written by `distillkit score`).")
+    out: str = opt(None, "Output artifact directory.")
+    measure: Measure = opt("auto", "Difficulty measure: rrf (ROUGE-L + student CE, POCL), student_ce, ppl_ratio, nll_gap; auto = rrf when the scores have ROUGE-L, else student_ce.")
+    stages: int = opt(4, "Number of curriculum stages S; stage s trains on the easiest (s+1)/S of every domain.")
+    curriculum: bool = opt(True, "false: one stage with all training data (the no-curriculum ablation).")
+    stage_length: float | None = opt(None, "Training length of each stage, in stage_unit (default: 1 epoch; required for steps).")
+    stage_unit: Literal["epochs", "steps"] = opt("epochs", "Unit of stage_length: epochs over the stage's pool, or optimizer steps.")
+    restart_optimizer: bool = opt(False, "Restart optimizer and LR schedule at each stage (POCL's reference code does).")
+    temperature_start: float = opt(1.0, "Distillation temperature of the first stage.")
+    temperature_end: float = opt(2.0, "Distillation temperature of the last stage (linear in between).")
+    kd_weight_start: float = opt(0.7, "KD weight λ of the first stage: loss = (1-λ)·CE + λ·KD.")
+    kd_weight_end: float = opt(1.0, "KD weight λ of the last stage (linear in between).")
+    mixture: MixtureKind = opt("ddk", "Domain mixture: ddk (softmax of student/teacher perplexity ratio), uniform, proportional (by training tokens).")
+    ddk_alpha: float = opt(DDK_ALPHA, "DDK Eq. 2 smoothing α, for train's re-weighting.")
+    ddk_interval: int = opt(DDK_INTERVAL, "DDK re-measurement interval K in steps, for train.")
+    ddk_smoothing: bool = opt(True, "DDK factor smoothing (Eq. 2); false re-applies Eq. 1 at each interval.")
+    rrf_k: int = opt(60, "Reciprocal rank fusion constant k of the rrf measure.")
+    plot: bool = opt(False, "Also write plan.png: difficulty by domain with stage cuts, and the mixture.")
+
+    def validate(self) -> list[str]:
+        problems = []
+        for name in ("scores", "out"):
+            if not getattr(self, name):
+                problems.append(f"{name} is required (--{name})")
+        if self.stages < 1:
+            problems.append(f"stages must be >= 1, got {self.stages} (use curriculum = false for one stage with all data)")
+        if self.stage_length is not None and not self.stage_length > 0:
+            problems.append(f"stage_length must be > 0, got {self.stage_length}")
+        if self.stage_unit == "steps":
+            if self.stage_length is None:
+                problems.append("stage_length is required with stage_unit = 'steps' (e.g. --stage-length 1000)")
+            elif not float(self.stage_length).is_integer():
+                problems.append(f"stage_length in steps must be a whole number, got {self.stage_length}")
+        for name in ("temperature_start", "temperature_end"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("kd_weight_start", "kd_weight_end"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.ddk_alpha <= 1.0:
+            problems.append(f"ddk_alpha must be in [0, 1], got {self.ddk_alpha}")
+        if self.ddk_interval < 1:
+            problems.append(f"ddk_interval must be >= 1 step, got {self.ddk_interval}")
+        if self.rrf_k < 1:
+            problems.append(f"rrf_k must be >= 1, got {self.rrf_k}")
+        if self.scores and self.out and Path(self.scores).resolve() == Path(self.out).resolve():
+            problems.append("--out must differ from --scores (the plan would replace the score artifact)")
+        return problems
+
+    @property
+    def num_stages(self) -> int:
+        return self.stages if self.curriculum else 1
+
+    def stage_length_entry(self) -> dict[str, Any]:
+        if self.stage_unit == "steps":
+            return {"unit": "steps", "value": int(self.stage_length)}  # type: ignore[arg-type]
+        return {"unit": "epochs", "value": 1.0 if self.stage_length is None else float(self.stage_length)}
+
+
+def run(cfg: PlanConfig, resume: bool = False, overwrite: bool = False) -> Path:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from distillkit import curriculum as cur
+    from distillkit.artifacts import ArtifactWriter, check_columns, read_artifact
+    from distillkit.errors import ArtifactError
+    from distillkit.mixture import mixture_weights
+    from distillkit.progress import console
+    from distillkit.scoring import DOMAIN_COLUMNS
+
+    t0 = time.time()
+    # Everything that can be wrong with the input is checked before --out is touched.
+    scores = read_artifact(cfg.scores, "score")
+    shard = scores.manifest.get("shard", [0, 1])
+    if isinstance(shard, list) and len(shard) == 2 and shard[1] > 1:
+        raise ArtifactError(f"{scores.path} is shard {shard[0]}/{shard[1]} of a score run; join the shards first "
+                            "with `distillkit score --merge SHARD ... --out DIR` and plan from that")
+    samples = scores.table("samples.arrow")
+    measure = cur.resolve_measure(cfg.measure, samples.column_names)
+
+    needed = {"sample_id": pa.string(), "domain": pa.string(), "split": pa.string(), "num_tokens": pa.int32()}
+    needed.update({c: pa.float32() for c in cur.MEASURE_COLUMNS[measure]})
+    check_columns(samples, needed, str(scores.path / "samples.arrow"))
+    domains = scores.table("domains.arrow", DOMAIN_COLUMNS)
+
+    is_train = pc.equal(samples.column("split"), "train")
+    train = samples.filter(is_train).select(list(needed))
+    held = samples.filter(pc.invert(is_train)).column("domain")
+    validation = {str(v["values"]): int(v["counts"]) for v in pc.value_counts(held).to_pylist()} if len(held) else {}
+    if train.num_rows == 0:
+        raise ArtifactError(f"{scores.path}/samples.arrow has no rows with split = 'train' (only {samples.num_rows} held-out rows); "
+                            "rescore with more data per domain")
+
+    num_stages = cfg.num_stages
+    curric = cur.build_curriculum(train, measure, num_stages, cfg.rrf_k)
+    names = curric.domains
+
+    # Mixture over the domains that have training rows, beside the measured held-out perplexities.
+    dom_rows = {r["domain"]: r for r in domains.to_pylist()}
+    missing = [d for d in names if d not in dom_rows]
+    if missing:
+        raise ArtifactError(f"{scores.path}/domains.arrow lacks domain(s) {', '.join(missing)} that samples.arrow has; "
+                            "the score artifact is inconsistent: rescore with --overwrite")
+    no_train = sorted(d for d in dom_rows if d not in set(names))
+    t_ppl = np.array([dom_rows[d]["teacher_ppl"] for d in names], dtype=np.float64)
+    s_ppl = np.array([dom_rows[d]["student_ppl"] for d in names], dtype=np.float64)
+    last = curric.pools[-1]
+    train_tokens = _tokens_by_domain(curric.table, names)
+    weights = mixture_weights(cfg.mixture, s_ppl, t_ppl, train_tokens)
+    mixture = pa.table(
+        {
+            "domain": pa.array(names, pa.string()),
+            "weight": pa.array(weights, pa.float64()),
+            "teacher_ppl": pa.array(t_ppl, pa.float64()),
+            "student_ppl": pa.array(s_ppl, pa.float64()),
+            "ppl_ratio": pa.array(s_ppl / t_ppl, pa.float64()),
+            "num_samples": pa.array(last, pa.int64()),
+            "num_tokens": pa.array(train_tokens, pa.int64()),
+            "num_validation": pa.array([validation.get(d, 0) for d in names], pa.int64()),
+            "heldout": pa.array([bool(dom_rows[d].get("heldout", True)) for d in names], pa.bool_()),
+        }
+    )
+
+    stages = []
+    for sch in cur.schedule(num_stages, cfg.temperature_start, cfg.temperature_end, cfg.kd_weight_start, cfg.kd_weight_end):
+        pool = curric.pools[sch.stage]
+        prev = int(curric.pools[sch.stage - 1].sum()) if sch.stage else 0
+        stages.append({"stage": sch.stage, "fraction": sch.fraction, "temperature": sch.temperature, "kd_weight": sch.kd_weight,
+                       "num_samples": int(pool.sum()), "num_new": int(pool.sum()) - prev,
+                       "num_tokens": int(curric.pool_tokens[sch.stage]),
+                       "domains": {d: int(c) for d, c in zip(names, pool)}})
+    plan_info: dict[str, Any] = {
+        "measure": measure,
+        "measure_help": cur.MEASURE_HELP[measure],
+        "num_stages": num_stages,
+        "curriculum": cfg.curriculum,
+        "stratified": "per domain: stage s holds the easiest ceil((s+1)*n_d/S) training samples of every domain d",
+        "stage_length": cfg.stage_length_entry(),
+        "restart_optimizer": cfg.restart_optimizer,
+        "stages": stages,
+        "mixture": {"kind": cfg.mixture, "alpha": cfg.ddk_alpha, "interval": cfg.ddk_interval, "smoothing": cfg.ddk_smoothing},
+        "scores": str(scores.path),
+        "scores_manifest_sha256": scores.sha256,
+        "train_samples": curric.table.num_rows,
+        "validation_samples": {d: validation.get(d, 0) for d in sorted(set(validation) | set(names))},
+        "domains_without_train": no_train,
+    }
+    if measure == "rrf":
+        plan_info["rrf_k"] = cfg.rrf_k
+
+    ident = {k: v for k, v in to_dict(cfg).items() if k != "out"}
+    ident["scores_manifest_sha256"] = scores.sha256
+    writer = ArtifactWriter(cfg.out, KIND, ident, inputs=[scores], resume=resume, overwrite=overwrite)
+    if writer.done:
+        console.print(f"[green]plan[/] {cfg.out} is complete for this config: nothing to do")
+        return Path(cfg.out)
+    writer.write("curriculum.arrow", curric.table)
+    writer.write("mixture.arrow", mixture)
+    if cfg.plot:
+        plot_plan(curric.table, mixture, plan_info, writer.path("plan.png"))
+    figures = {"train_samples": curric.table.num_rows, "validation_samples": int(sum(validation.values())),
+               "domains": len(names), "wall_s": round(time.time() - t0, 2)}
+    writer.finish(figures, extra={"plan": plan_info})
+    return Path(cfg.out)
+
+
+def _tokens_by_domain(table, names: list[str]) -> np.ndarray:
+    from distillkit.curriculum import domain_codes
+
+    _, codes = domain_codes(table.column("domain"))
+    return np.bincount(codes, weights=table.column("num_tokens").to_numpy().astype(np.float64), minlength=len(names)).astype(np.int64)
+
+
+def plot_plan(curriculum, mixture, plan_info: dict[str, Any], path: Path) -> None:
+    """Difficulty distribution by domain with the range each stage adds, beside the mixture."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from distillkit.curriculum import domain_codes
+
+    names, codes = domain_codes(curriculum.column("domain"))
+    x = curriculum.column("difficulty").to_numpy().astype(np.float64)
+    stage = curriculum.column("stage").to_numpy().astype(np.int64)
+    measure, num_stages, n = plan_info["measure"], plan_info["num_stages"], len(x)
+    xlabel = f"difficulty: {measure} (higher = harder)"
+    if measure == "rrf":  # RRF values crowd near 1 on large sets; its ranks are what the curriculum uses
+        pct = np.empty(n)
+        pct[np.argsort(x, kind="stable")] = (np.arange(n) + 0.5) * 100.0 / n
+        x, xlabel = pct, "RRF difficulty: percentile among training samples (higher = harder)"
+    ok = np.isfinite(x)
+    x, codes, stage = x[ok], codes[ok], stage[ok]
+    # one sort gives every domain's values and each (domain, stage) group's range
+    order = np.lexsort((x, stage, codes))
+    xs, key = x[order], (codes * num_stages + stage)[order]
+    bounds = np.flatnonzero(np.diff(key)) + 1
+    starts, ends = np.concatenate(([0], bounds)), np.concatenate((bounds, [len(key)])) - 1
+    per = [x[codes == i] for i in range(len(names))]
+
+    h = max(3.2, 0.5 * len(names) + 1.8)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, h), gridspec_kw={"width_ratios": [3, 2]}, layout="constrained")
+    y = np.arange(len(names))
+    horizontal = {"orientation": "horizontal"} if _mpl_at_least(matplotlib.__version__, 3, 10) else {"vert": False}
+    ax1.boxplot(per, positions=y - 0.12, widths=0.4, showfliers=False, whis=(5, 95), medianprops={"color": "black"},
+                patch_artist=True, boxprops={"facecolor": "#cfe2f3"}, **horizontal)
+    colors = plt.cm.viridis(np.linspace(0.05, 0.9, num_stages))
+    for st, en in zip(starts, ends):
+        k = int(key[st])
+        d, s = divmod(k, num_stages)
+        if xs[en] > xs[st]:
+            ax1.hlines(d + 0.25, xs[st], xs[en], colors=[colors[s]], lw=5)
+        else:  # one sample (or equal values): a zero-length bar would not show
+            ax1.scatter([xs[st]], [d + 0.25], color=[colors[s]], marker="s", s=22, zorder=3)
+    handles = [plt.Line2D([], [], color=colors[s], lw=5) for s in range(num_stages)]
+    labels = [f"stage {s} adds" if num_stages > 1 else "the one stage" for s in range(num_stages)]
+    ax1.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.14 if len(names) > 3 else -0.25),
+               ncol=min(num_stages, 6), fontsize=8, frameon=False)
+    ax1.set_yticks(y, names)
+    ax1.set_ylim(len(names) - 0.5, -0.6)
+    if measure == "ppl_ratio" and len(x) and x.min() > 0:
+        ax1.set_xscale("log")
+    elif len(x) and measure != "rrf":
+        lo, hi = np.percentile(x, [0.5, 99.5])
+        pad = 0.03 * (hi - lo or 1.0)
+        ax1.set_xlim(lo - pad, hi + pad)
+    ax1.set_xlabel(xlabel)
+    ax1.set_title(f"{len(x):,} training samples by domain: box 25-75%, whiskers 5-95%;\n"
+                  f"bars: difficulty range each of {num_stages} stage(s) adds (pools are cumulative)", fontsize=10)
+    ax1.grid(axis="x", alpha=0.3)
+
+    w = mixture.column("weight").to_numpy()
+    ratio = mixture.column("ppl_ratio").to_numpy()
+    ax2.barh(y, w, color="#e69138", height=0.6)
+    ax2.axvline(1.0 / len(names), color="gray", ls="--", lw=1, label="uniform")
+    for i in range(len(names)):
+        ax2.text(w[i], i, f" {w[i]:.3f}  (ppl S/T {ratio[i]:.2f})", va="center", fontsize=8)
+    ax2.set_yticks(y, names)
+    ax2.set_ylim(len(names) - 0.5, -0.6)
+    ax2.set_xlim(0, max(w.max() * 1.8, 1.5 / len(names)))
+    ax2.set_xlabel("sampling weight (sums to 1)")
+    kind = plan_info["mixture"]["kind"]
+    ax2.set_title(f"domain mixture: {kind}" + (" = softmax(ppl_S / ppl_T)" if kind == "ddk" else "")
+                  + "\nheld-out perplexity ratio in brackets", fontsize=10)
+    ax2.legend(loc="lower right", fontsize=8)
+    # no software/date metadata: the same plan gives the same bytes
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+
+
+def _mpl_at_least(version: str, major: int, minor: int) -> bool:
+    parts = [int(x) for x in version.split(".")[:2] if x.isdigit()]
+    return tuple(parts) >= (major, minor)
+
+
+__all__ = ["PlanConfig", "run", "plot_plan", "KIND"]
