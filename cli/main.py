@@ -32,6 +32,11 @@ def main_callback(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ) -> None:
     STATE["debug"] = debug
+    import os
+
+    # distillkit draws its own progress bars; transformers' per-load bars are noise in a pipeline log.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 @app.command()

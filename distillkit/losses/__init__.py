@@ -1,0 +1,34 @@
+"""Knowledge-distillation losses: eight divergences, dense / chunked-fused / sparse top-k.
+
+Entry points (all return fp32 scalars, mean over unmasked positions, 0 for none):
+
+- `kd_loss(student_logits, teacher_logits, mask, kind, temperature=1.0, **params)`: plain,
+  from full [B, L, V] logits.
+- `chunked_kd_loss(student_hidden, student_weight, teacher, mask, kind, ...)` and
+  `chunked_kd_and_ce(...) -> (kd, ce)`: from hidden states + LM head, `chunk_size`
+  positions of logits at a time; teacher = `LinearHead` or a `TeacherLogitsFn`.
+- `sparse_kd_loss(student, topk_ids, topk_logprobs, mask, kind, tail=...)`: offline top-k teacher.
+- `TaidSchedule`: the adaptive t for kind="taid".
+
+Temperature rule (every divergence, every path): p = softmax(z_T / T), q = softmax(z_S / T),
+loss = T² · D(p, q). See docs/losses.md.
+"""
+
+from distillkit.losses.dense import kd_loss
+from distillkit.losses.divergences import DIVERGENCES, Divergence
+from distillkit.losses.fused import LinearHead, TeacherLogitsFn, chunked_kd_and_ce, chunked_kd_loss
+from distillkit.losses.sparse import TailMode, sparse_kd_loss
+from distillkit.losses.taid import TaidSchedule
+
+__all__ = [
+    "DIVERGENCES",
+    "Divergence",
+    "LinearHead",
+    "TailMode",
+    "TaidSchedule",
+    "TeacherLogitsFn",
+    "chunked_kd_and_ce",
+    "chunked_kd_loss",
+    "kd_loss",
+    "sparse_kd_loss",
+]

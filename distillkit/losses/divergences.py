@@ -1,0 +1,198 @@
+"""Per-position divergences between a teacher p and a student q, in fp32 log space.
+
+Everything here works on *normalised log-probabilities over one support* (the
+vocabulary for dense teachers, the top-k ids (+ a tail bucket) for sparse ones),
+shape [n, S] -> [n]. Temperature and the T² factor are applied by `tempered_rows`
+(dense) and `distillkit.losses.sparse` (sparse), so each formula exists once.
+
+Conventions that keep the math finite where it is finite:
+- 0·log 0 = 0: an entry whose weight (the left argument of a KL) has probability
+  0, including one that underflowed, contributes 0 and gets gradient 0;
+- an entry that is -inf on both sides (a vocabulary entry both models mask)
+  contributes nothing; one that is -inf only where the other side has mass is a
+  genuinely infinite KL, and comes out as +inf rather than as a silent NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor
+
+Divergence = Literal["fkl", "rkl", "jsd", "skl", "srkl", "tvd", "akl", "taid"]
+DIVERGENCES: tuple[str, ...] = get_args(Divergence)
+
+# Keyword parameters each divergence accepts, with defaults (None = required).
+PARAMS: dict[str, dict[str, float | None]] = {
+    "fkl": {},
+    "rkl": {},
+    "jsd": {"beta": 0.5},
+    "skl": {"alpha": 0.1},
+    "srkl": {"alpha": 0.1},
+    "tvd": {},
+    "akl": {"mu": 0.5},
+    "taid": {"t": None},
+}
+
+# Stand-in for log 0 inside mixtures: finite, so -inf - -inf never makes a NaN.
+LOG_ZERO = -1e30
+# Rows per block when AKL sorts teacher probabilities (bounds the sort's memory).
+_AKL_SORT_ROWS = 256
+
+
+def resolve_params(kind: str, params: dict[str, object]) -> dict[str, float]:
+    """Check `kind` and its keyword parameters; fill defaults. Raises ValueError naming what exists."""
+    if kind not in PARAMS:
+        raise ValueError(f"unknown divergence kind={kind!r}; choose one of {', '.join(DIVERGENCES)}")
+    allowed = PARAMS[kind]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        accepts = ", ".join(allowed) if allowed else "no parameters"
+        raise ValueError(f"divergence {kind!r} got unknown parameter(s) {unknown}; it accepts {accepts}")
+    out: dict[str, float] = {}
+    for name, default in allowed.items():
+        value = params.get(name, default)
+        if value is None:
+            raise ValueError(f"divergence {kind!r} needs {name}= (the interpolation t in [0, 1], e.g. TaidSchedule.t)")
+        value = float(value)  # accepts 0-dim tensors, e.g. a schedule's t
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"divergence {kind!r}: {name}={value} is outside [0, 1]")
+        out[name] = value
+    return out
+
+
+def check_temperature(temperature: float) -> float:
+    t = float(temperature)
+    if not (math.isfinite(t) and t > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    return t
+
+
+def kl_rows(log_a: Tensor, log_b: Tensor) -> Tensor:
+    """KL(a‖b) per row = Σ a·(log a − log b), with 0·log 0 = 0 (value and gradient)."""
+    a = log_a.exp()
+    diff = torch.where(a > 0, log_a - log_b, 0.0)
+    return (a * diff).sum(-1)
+
+
+def _finite(log_x: Tensor) -> Tensor:
+    return log_x.clamp(min=LOG_ZERO)
+
+
+def _log_mix(log_x: Tensor, log_y: Tensor, wx: float) -> Tensor:
+    """log(wx·x + (1 − wx)·y), exact at wx ∈ {0, 1}."""
+    if wx == 0.0:
+        return log_y
+    if wx == 1.0:
+        return log_x
+    return torch.logaddexp(_finite(log_x) + math.log(wx), _finite(log_y) + math.log1p(-wx))
+
+
+def _zero_rows(log_q: Tensor) -> Tensor:
+    """Zeros that stay attached to the student's graph (so backward gives zero grads, not an error)."""
+    return (_finite(log_q) * 0.0).sum(-1)
+
+
+def jsd_rows(log_q: Tensor, log_p: Tensor, beta: float) -> Tensor:
+    """β·KL(p‖m) + (1−β)·KL(q‖m), m = βp + (1−β)q.
+
+    At β = 0, m = q and both terms vanish; at β = 1, m = p and again both vanish:
+    the generalised JSD is identically 0 there (and → 0 continuously, as
+    β·KL(p‖q) near 0 and (1−β)·KL(q‖p) near 1). We return exact zeros.
+    """
+    if beta in (0.0, 1.0):
+        return _zero_rows(log_q)
+    log_m = _log_mix(log_p, log_q, beta)
+    return beta * kl_rows(log_p, log_m) + (1.0 - beta) * kl_rows(log_q, log_m)
+
+
+def tvd_rows(log_q: Tensor, log_p: Tensor) -> Tensor:
+    return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
+
+
+@torch.no_grad()
+def akl_head_weight(log_q: Tensor, log_p: Tensor, mu: float) -> Tensor:
+    """AKL's per-row weight on FKL: g_head / (g_head + g_tail), no gradient.
+
+    Head = the teacher's highest-probability entries whose cumulative probability
+    stays ≤ mu, and always at least the top one (as in Wu et al.'s code). It is
+    taken as {p ≥ threshold}, so ties at the threshold all join the head and the
+    split does not depend on the order of the support. Gaps are Σ|p − q| over
+    head and tail; a row with p = q everywhere gets weight 0.5 (both KLs are 0).
+    """
+    out = []
+    for i in range(0, log_p.shape[0], _AKL_SORT_ROWS):
+        p = log_p[i : i + _AKL_SORT_ROWS].exp()
+        q = log_q[i : i + _AKL_SORT_ROWS].exp()
+        sorted_p = p.sort(dim=-1, descending=True).values
+        n_head = (sorted_p.cumsum(-1) <= mu).sum(-1).clamp(min=1)
+        threshold = sorted_p.gather(-1, (n_head - 1).unsqueeze(-1))
+        del sorted_p
+        err = (p - q).abs()
+        g_head = torch.where(p >= threshold, err, 0.0).sum(-1)
+        g_all = err.sum(-1)
+        out.append(torch.where(g_all > 0, g_head / g_all.clamp(min=1e-30), 0.5))
+    if not out:
+        return log_p.new_zeros(0)
+    return torch.cat(out)
+
+
+def akl_rows(log_q: Tensor, log_p: Tensor, mu: float) -> Tensor:
+    w_head = akl_head_weight(log_q, log_p, mu)
+    return w_head * kl_rows(log_p, log_q) + (1.0 - w_head) * kl_rows(log_q, log_p)
+
+
+def taid_rows(log_q: Tensor, log_p: Tensor, t: float) -> Tensor:
+    """KL(p_t‖q), p_t = softmax((1−t)·stopgrad(log q) + t·log p).
+
+    Interpolating log-probabilities equals interpolating logits: the two differ
+    by a per-row constant, which the softmax removes.
+    """
+    if t == 1.0:
+        log_pt = log_p
+    elif t == 0.0:
+        log_pt = log_q.detach()
+    else:
+        log_pt = torch.log_softmax((1.0 - t) * _finite(log_q.detach()) + t * _finite(log_p), dim=-1)
+    return kl_rows(log_pt, log_q)
+
+
+def divergence_rows(log_q: Tensor, log_p: Tensor, kind: str, params: dict[str, float]) -> Tensor:
+    """Per-row divergence of student log q from teacher log p ([n, S] fp32 -> [n]), without T²."""
+    if kind == "fkl":
+        return kl_rows(log_p, log_q)
+    if kind == "rkl":
+        return kl_rows(log_q, log_p)
+    if kind == "jsd":
+        return jsd_rows(log_q, log_p, params["beta"])
+    if kind == "skl":
+        return kl_rows(log_p, _log_mix(log_p, log_q, params["alpha"]))
+    if kind == "srkl":
+        return kl_rows(log_q, _log_mix(log_p, log_q, 1.0 - params["alpha"]))
+    if kind == "tvd":
+        return tvd_rows(log_q, log_p)
+    if kind == "akl":
+        return akl_rows(log_q, log_p, params["mu"])
+    if kind == "taid":
+        return taid_rows(log_q, log_p, params["t"])
+    raise AssertionError(f"unhandled divergence {kind!r}")
+
+
+def tempered_rows(
+    student_logits: Tensor, teacher_logits: Tensor, kind: str, temperature: float, params: dict[str, float]
+) -> Tensor:
+    """[n, V] logits (any float dtype) -> [n] fp32 loss: T² · D(softmax(z_T/T), softmax(z_S/T)).
+
+    The teacher is detached: it never receives gradients.
+    """
+    s = student_logits.float()
+    t = teacher_logits.detach().float()
+    if temperature != 1.0:
+        s = s / temperature
+        t = t / temperature
+    log_q = torch.log_softmax(s, dim=-1)
+    log_p = torch.log_softmax(t, dim=-1)
+    rows = divergence_rows(log_q, log_p, kind, params)
+    return rows * (temperature * temperature) if temperature != 1.0 else rows

@@ -1,0 +1,338 @@
+"""The chunked, LM-head-fused path: logits exist for `chunk_size` positions at a time.
+
+Full [B, L, V] fp32 logits of two models are the largest tensors in a KD step
+(4096 positions x 151,936 entries x 4 bytes = 2.5 GB each, before the
+loss's own temporaries). Here the student's hidden states and LM head go in
+instead of its logits, and for each chunk of positions we
+
+1. compute the chunk's student (and teacher) logits, in the inputs' dtype, then fp32;
+2. compute the chunk's loss rows and, with a local autograd pass, d(loss)/d(logits);
+3. fold that into d/d(hidden) (rows of the chunk) and d/d(weight), d/d(bias)
+   (accumulated in fp32), and drop the chunk.
+
+This runs inside the forward of a custom `torch.autograd.Function` (as
+Liger-Kernel's fused linear losses do); backward only scales the stored
+gradients by the incoming grad_output. We chose that over
+`torch.utils.checkpoint` per chunk because the peak is no higher (one chunk's
+temporaries plus one fp32 [V, H] weight-gradient buffer, into which each chunk
+accumulates in place with `addmm_`, whereas autograd's per-chunk weight
+gradient is a fresh [V, H] tensor added to the running sum: two buffers), and
+it does not recompute the student and teacher matmuls in backward.
+The price: the forward does the backward's work even under `torch.no_grad()`
+-- unless nothing requires grad, in which case no gradient is computed -- and
+the result cannot be differentiated twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from distillkit.losses.dense import common_vocab, flat_mask
+from distillkit.losses.divergences import Divergence, check_temperature, resolve_params, tempered_rows
+
+TeacherLogitsFn = Callable[[Tensor], Tensor]
+"""Teacher logits on demand: given flat position indices [n] (into the B*L grid,
+row-major), return logits [n, V_t] (any float dtype, V_t ≥ vocab_size)."""
+
+# Per-chunk loss: (student logits [c, V] fp32 with grad, flat positions [c]) -> loss rows [c].
+RowsFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True, slots=True)
+class LinearHead:
+    """Hidden states and the LM head that turns them into logits: hidden @ weight.T + bias.
+
+    hidden: [B, L, H]; weight: [V_rows, H] (V_rows ≥ the tokenizer's vocabulary:
+    padded rows are ignored); bias: [V_rows] or None.
+    """
+
+    hidden: Tensor
+    weight: Tensor
+    bias: Tensor | None = None
+
+    def logits(self, positions: Tensor, vocab_size: int) -> Tensor:
+        """fp32 logits [n, vocab_size] at flat `positions`, without gradient."""
+        with torch.no_grad():
+            h = self.hidden.reshape(-1, self.hidden.shape[-1]).index_select(0, positions)
+            return _head_logits(h, self.weight, self.bias, vocab_size)
+
+
+def _head_logits(h: Tensor, weight: Tensor, bias: Tensor | None, vocab_size: int) -> Tensor:
+    w = weight[:vocab_size]
+    z = h @ w.t() if bias is None else torch.addmm(bias[:vocab_size], h, w.t())
+    return z.float()
+
+
+def teacher_rows_source(teacher: LinearHead | TeacherLogitsFn, vocab_size: int) -> Callable[[Tensor], Tensor]:
+    """A function flat positions -> fp32 teacher logits [n, vocab_size] (no gradient)."""
+    if isinstance(teacher, LinearHead):
+        return lambda pos: teacher.logits(pos, vocab_size)
+
+    def from_fn(pos: Tensor) -> Tensor:
+        with torch.no_grad():
+            z = teacher(pos)
+        if z.dim() != 2 or z.shape[0] != pos.numel() or z.shape[1] < vocab_size:
+            raise ValueError(
+                f"teacher_logits_fn returned shape {tuple(z.shape)} for {pos.numel()} positions; "
+                f"expected [{pos.numel()}, ≥{vocab_size}]"
+            )
+        return z[:, :vocab_size].float()
+
+    return from_fn
+
+
+@dataclass(slots=True)
+class _Job:
+    """Everything the autograd Function needs besides the differentiable inputs."""
+
+    vocab_size: int
+    chunk_size: int
+    kd_keep: Tensor  # flat bool [N]: positions in the KD mean
+    kd_rows: RowsFn
+    labels: Tensor | None  # flat long [N], ignore_index where no CE
+    ignore_index: int
+    need_grad: bool  # grad mode on and some input requires grad (forward runs with grad mode off)
+
+
+def _accumulate(dz: Tensor, h: Tensor, pos: Tensor, weight: Tensor, grads: list[Tensor | None]) -> None:
+    """Fold d(loss)/d(logits) [c, V] of one chunk into the hidden/weight/bias gradient buffers."""
+    g_hidden, g_weight, g_bias = grads
+    vocab = dz.shape[1]
+    if g_hidden is not None:
+        # Same dtype rule as autograd on the plain path: the logits' gradient meets the weight in its dtype.
+        g_hidden.index_add_(0, pos, (dz.to(weight.dtype) @ weight[:vocab]).float())
+    if g_weight is not None:
+        g_weight[:vocab].addmm_(dz.t(), h.float())
+    if g_bias is not None:
+        g_bias[:vocab] += dz.sum(0)
+
+
+class _FusedHeadLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, job: _Job):  # type: ignore[override]
+        n_rows, width = hidden.shape
+        vocab = job.vocab_size
+        f32 = dict(dtype=torch.float32, device=hidden.device)
+
+        def buffers() -> list[Tensor | None]:
+            return [
+                torch.zeros(n_rows, width, **f32) if hidden.requires_grad else None,
+                torch.zeros(weight.shape, **f32) if weight.requires_grad else None,
+                torch.zeros(bias.shape, **f32) if bias is not None and bias.requires_grad else None,
+            ]
+
+        with_ce = job.labels is not None
+        need_grad = job.need_grad
+        kd_grads = buffers() if need_grad else [None, None, None]
+        ce_grads = buffers() if need_grad and with_ce else [None, None, None]
+
+        ce_keep = job.labels != job.ignore_index if with_ce else None
+        wanted = job.kd_keep | ce_keep if with_ce else job.kd_keep
+        positions = wanted.nonzero().squeeze(1)
+        kd_total = torch.zeros((), **f32)
+        ce_total = torch.zeros((), **f32)
+
+        for start in range(0, positions.numel(), job.chunk_size):
+            pos = positions[start : start + job.chunk_size]
+            h = hidden.index_select(0, pos)
+            z = _head_logits(h, weight, bias, vocab)
+
+            kd_local = job.kd_keep[pos]
+            if bool(kd_local.any()):
+                every = bool(kd_local.all())
+                idx = None if every else kd_local.nonzero().squeeze(1)
+                zk = (z if every else z.index_select(0, idx)).detach().requires_grad_(need_grad)
+                pk = pos if every else pos.index_select(0, idx)
+                with torch.enable_grad():
+                    rows_sum = job.kd_rows(zk, pk).sum()
+                kd_total += rows_sum.detach()
+                if need_grad and rows_sum.requires_grad:
+                    (dz,) = torch.autograd.grad(rows_sum, zk)
+                    _accumulate(dz, h if every else h.index_select(0, idx), pk, weight, kd_grads)
+                    del dz
+                del zk, rows_sum
+
+            if with_ce:
+                ce_local = ce_keep[pos]
+                if bool(ce_local.any()):
+                    every = bool(ce_local.all())
+                    idx = None if every else ce_local.nonzero().squeeze(1)
+                    # z is not needed after this, so the CE gradient may overwrite it.
+                    zc = z if every else z.index_select(0, idx)
+                    pc = pos if every else pos.index_select(0, idx)
+                    target = job.labels[pc].unsqueeze(1)
+                    lse = torch.logsumexp(zc, dim=-1, keepdim=True)
+                    ce_total += (lse - zc.gather(1, target)).sum()
+                    if need_grad:
+                        # d CE / d logits = softmax - onehot, computed in place.
+                        dz = zc.sub_(lse).exp_()
+                        dz.scatter_add_(1, target, torch.full_like(target, -1.0, dtype=dz.dtype))
+                        _accumulate(dz, h if every else h.index_select(0, idx), pc, weight, ce_grads)
+                    del zc
+            del z, h
+
+        n_kd = max(int(job.kd_keep.sum()), 1)
+        n_ce = max(int(ce_keep.sum()), 1) if with_ce else 1
+        for g in kd_grads:
+            if g is not None:
+                g.div_(n_kd)
+        for g in ce_grads:
+            if g is not None:
+                g.div_(n_ce)
+        ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
+        ctx.save_for_backward(*kd_grads, *ce_grads)
+        return kd_total / n_kd, ce_total / n_ce
+
+    @staticmethod
+    def backward(ctx, grad_kd: Tensor, grad_ce: Tensor):  # type: ignore[override]
+        saved = ctx.saved_tensors
+        kd_grads, ce_grads = saved[:3], saved[3:]
+        out: list[Tensor | None] = []
+        for g_kd, g_ce, dtype in zip(kd_grads, ce_grads, ctx.dtypes):
+            g = None
+            # In place: the buffers are ours, and a second backward fails loudly on the version check.
+            if g_kd is not None:
+                g = g_kd.mul_(grad_kd)
+            if g_ce is not None:
+                g = g_ce.mul_(grad_ce) if g is None else g.add_(g_ce.mul_(grad_ce))
+            out.append(g.to(dtype) if g is not None else None)
+        return out[0], out[1], out[2], None
+
+
+def fused_head_losses(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    kd_keep: Tensor,
+    kd_rows: RowsFn,
+    *,
+    vocab_size: int,
+    chunk_size: int,
+    labels: Tensor | None = None,
+    ignore_index: int = -100,
+) -> tuple[Tensor, Tensor]:
+    """(mean KD over kd_keep, mean CE over labels != ignore_index) from hidden [N, H] and the head."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be ≥ 1 position, got {chunk_size}")
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"student hidden {tuple(hidden.shape)} and lm_head weight {tuple(weight.shape)} do not fit "
+            "(expected [N, H] and [V, H])"
+        )
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"student bias has shape {tuple(bias.shape)}, expected ({weight.shape[0]},)")
+    trainable = hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    need_grad = torch.is_grad_enabled() and trainable
+    job = _Job(vocab_size, int(chunk_size), kd_keep, kd_rows, labels, ignore_index, need_grad)
+    return _FusedHeadLoss.apply(hidden, weight, bias, job)
+
+
+def _flat_hidden(student_hidden: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+    if student_hidden.dim() < 2:
+        raise ValueError(f"student_hidden must be [B, L, H] (or [N, H]), got {tuple(student_hidden.shape)}")
+    return student_hidden.reshape(-1, student_hidden.shape[-1]), tuple(student_hidden.shape[:-1])
+
+
+def _check_teacher(teacher: LinearHead | TeacherLogitsFn, lead: tuple[int, ...]) -> int | None:
+    if isinstance(teacher, LinearHead):
+        if tuple(teacher.hidden.shape[:-1]) != lead:
+            raise ValueError(
+                f"teacher hidden has shape {tuple(teacher.hidden.shape)}, expected {lead} + (H_teacher,) "
+                "like the student's"
+            )
+        return teacher.weight.shape[0]
+    if not callable(teacher):
+        raise ValueError("teacher must be a LinearHead(hidden, weight, bias) or a callable positions -> logits")
+    return None
+
+
+def chunked_kd_loss(
+    student_hidden: Tensor,
+    student_weight: Tensor,
+    teacher: LinearHead | TeacherLogitsFn,
+    mask: Tensor | None = None,
+    kind: Divergence = "fkl",
+    *,
+    student_bias: Tensor | None = None,
+    vocab_size: int | None = None,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    **params: float,
+) -> Tensor:
+    """`kd_loss` from the student's hidden states and LM head, `chunk_size` positions at a time.
+
+    Same value and gradients as `kd_loss(student_hidden @ student_weight.T + student_bias,
+    teacher_logits, mask, kind, ...)`, without ever holding more than `chunk_size` rows of
+    logits of either model (masked positions are skipped entirely).
+
+    Args:
+        student_hidden: [B, L, H]; gets gradients.
+        student_weight: [V_s, H] LM head (rows past vocab_size are padding: zero gradient).
+        teacher: LinearHead(hidden [B, L, H_t], weight [V_t, H_t], bias) or a
+            TeacherLogitsFn; never receives gradients.
+        mask, kind, temperature, **params: as in `kd_loss` (T² rule included).
+        student_bias: [V_s] or None.
+        vocab_size: compare the first vocab_size logits; required when V_s != V_t.
+        chunk_size: positions per chunk (default 1024).
+    """
+    kd, _ = _chunked(student_hidden, student_weight, teacher, mask, None, kind, student_bias, vocab_size,
+                     temperature, chunk_size, -100, params)
+    return kd
+
+
+def chunked_kd_and_ce(
+    student_hidden: Tensor,
+    student_weight: Tensor,
+    teacher: LinearHead | TeacherLogitsFn,
+    mask: Tensor | None,
+    labels: Tensor,
+    kind: Divergence = "fkl",
+    *,
+    student_bias: Tensor | None = None,
+    vocab_size: int | None = None,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    ignore_index: int = -100,
+    **params: float,
+) -> tuple[Tensor, Tensor]:
+    """(kd, ce): `chunked_kd_loss` plus the student's token cross-entropy from the same chunks.
+
+    labels: [B, L] long, already aligned with the positions (labels[b, l] is the
+    token position l predicts); ignore_index marks positions without a target. CE is
+    the mean over positions with a target, at temperature 1, over the first
+    vocab_size logits; 0 (zero gradient) if there is none. Both outputs are
+    differentiable, so any mix like (1-λ)·ce + λ·kd can be backpropagated.
+    """
+    return _chunked(student_hidden, student_weight, teacher, mask, labels, kind, student_bias, vocab_size,
+                    temperature, chunk_size, ignore_index, params)
+
+
+def _chunked(student_hidden, student_weight, teacher, mask, labels, kind, student_bias, vocab_size,
+             temperature, chunk_size, ignore_index, params) -> tuple[Tensor, Tensor]:
+    params_ = resolve_params(kind, params)
+    temperature = check_temperature(temperature)
+    hidden, lead = _flat_hidden(student_hidden)
+    vocab = common_vocab(student_weight.shape[0], _check_teacher(teacher, lead), vocab_size)
+    kd_keep = flat_mask(mask, lead, hidden.device)
+    flat_labels = None
+    if labels is not None:
+        if tuple(labels.shape) != lead:
+            raise ValueError(f"labels have shape {tuple(labels.shape)}, expected {lead}")
+        flat_labels = labels.reshape(-1).to(device=hidden.device, dtype=torch.long)
+        targets = flat_labels[flat_labels != ignore_index]
+        if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= vocab):
+            raise ValueError(
+                f"labels must be in [0, {vocab}) or ignore_index={ignore_index}; "
+                f"found {int(targets.min())}..{int(targets.max())}"
+            )
+    teacher_logits = teacher_rows_source(teacher, vocab)
+
+    def kd_rows(z: Tensor, pos: Tensor) -> Tensor:
+        return tempered_rows(z, teacher_logits(pos), kind, temperature, params_)
+
+    return fused_head_losses(hidden, student_weight, student_bias, kd_keep, kd_rows, vocab_size=vocab,
+                             chunk_size=chunk_size, labels=flat_labels, ignore_index=ignore_index)
