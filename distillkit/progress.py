@@ -31,6 +31,8 @@ class RateColumn(ProgressColumn):
 
     def render(self, task) -> Text:  # type: ignore[override]
         speed = task.finished_speed or task.speed
+        if not speed and task.elapsed:
+            speed = task.completed / task.elapsed
         return Text(f"{speed:,.0f} {self.unit}/s" if speed else f"-- {self.unit}/s", style="progress.data.speed")
 
 

