@@ -142,6 +142,11 @@ from cli.plan_cmd import plan as _plan  # noqa: E402
 
 app.command("plan")(_plan)
 
+from cli.train_cmd import train as _train  # noqa: E402
+app.command("train")(_train)
+from cli.eval_cmd import eval_ as _eval  # noqa: E402
+app.command("eval")(_eval)
+
 
 def main() -> None:
     app()

@@ -1,0 +1,172 @@
+"""Memory and time of one distillation training step: the plain loss vs the chunked LM-head-fused loss.
+
+A step is what `distillkit train` does per micro-batch: teacher forward (no_grad) -> its hidden
+states; student forward; loss = (1-λ)·CE + λ·FKL; backward. "plain" builds both models' full
+[B, L, V] fp32 logits; "chunked" (train's default) computes them `chunk` positions at a time from
+the hidden states and LM heads (distillkit.losses.chunked_kd_and_ce). The optimizer step is left
+out: it costs the same in both.
+
+Each case runs in a fresh subprocess. Memory is the peak *increase* during the first step over the
+memory held before it (models, inputs): on CPU the peak RSS, sampled every millisecond by a thread
+(getrusage's lifetime peak would include model loading); on CUDA torch.cuda.max_memory_allocated.
+Time is the median of the following steps.
+
+    # real models (CPU, the demo corpus): SmolLM2-135M -> its 23-layer pruned student
+    python bench/bench_train.py --teacher smollm2-135m --student runs/train-demo/student --batch 4 --seq-len 128
+    # SmolLM2-shaped random models on a GPU, long sequences
+    python bench/bench_train.py --shape smollm2 --device cuda --batch 8 --seq-len 2048
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _random_models(vocab: int, device):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    def make(layers: int, seed: int):
+        torch.manual_seed(seed)
+        cfg = LlamaConfig(vocab_size=vocab, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
+                          num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, tie_word_embeddings=True)
+        return LlamaForCausalLM(cfg).to(device)
+
+    return make(30, 0), make(23, 1)  # SmolLM2-135M's shape, and a 23-layer student
+
+
+def run_case(case: dict) -> dict:
+    import psutil
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from distillkit.training.batches import Sequences, collate
+    from distillkit.training.loop import LossSpec, StudentLoss
+    from distillkit.training.setup import teacher_sources
+
+    if case["threads"]:
+        torch.set_num_threads(case["threads"])
+    device = case["device"]
+    cuda = device.startswith("cuda")
+    B, L = case["batch"], case["seq_len"]
+    if case["shape"]:
+        teacher, student = _random_models(case["vocab"], device)
+        vocab = case["vocab"]
+        g = torch.Generator().manual_seed(0)
+        ids = [torch.randint(0, vocab, (L,), generator=g).numpy() for _ in range(B)]
+    else:
+        from distillkit.assets import resolve_data
+        from distillkit.models import load_model, load_tokenizer
+
+        tok = load_tokenizer(case["teacher"])
+        teacher = load_model(case["teacher"], dtype="float32", device=device)
+        student = load_model(case["student"], dtype="float32", device=device, trainable=True)
+        vocab = len(tok)
+        import pyarrow.parquet as pq
+
+        texts = [t for t in pq.read_table(resolve_data("demo"), columns=["text"]).column("text").to_pylist() if len(t) > 4 * L]
+        ids = [__import__("numpy").asarray(tok(t)["input_ids"][:L]) for t in texts[:: max(1, len(texts) // B)][:B]]
+    teacher.eval().requires_grad_(False)
+    student.train()
+    import numpy as np
+
+    seqs = Sequences([str(i) for i in range(B)], ["x"] * B, [np.asarray(x, dtype=np.int64) for x in ids],
+                     np.ones(B, dtype=np.int64), np.array([len(x) - 1 for x in ids]))
+    batch = collate(seqs, list(range(B)), 0, device)
+    spec = LossSpec("fkl", {}, "pocl", case["impl"], vocab, case["chunk"])
+    module = StudentLoss(student, spec)
+    source, _ = teacher_sources(teacher, case["impl"])
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and case["bf16"])
+
+    def step() -> float:
+        student.zero_grad(set_to_none=True)
+        with autocast:
+            kd, ce = module(batch, source(batch), 1.0, {})
+            loss = 0.3 * ce + 0.7 * kd
+        loss.backward()
+        if cuda:
+            torch.cuda.synchronize()
+        return float(loss)
+
+    proc = psutil.Process()
+    peak = {"rss": 0}
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            peak["rss"] = max(peak["rss"], proc.memory_info().rss)
+            time.sleep(0.001)
+
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        before = proc.memory_info().rss
+        thread = threading.Thread(target=poll, daemon=True)
+        thread.start()
+    t0 = time.perf_counter()
+    loss = step()
+    first = time.perf_counter() - t0
+    if cuda:
+        peak_delta = torch.cuda.max_memory_allocated() - before
+    else:
+        stop.set()
+        thread.join()
+        peak_delta = peak["rss"] - before
+    times = []
+    for _ in range(case["repeats"]):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return {**case, "loss": loss, "before_mb": before / 2**20, "peak_delta_mb": peak_delta / 2**20,
+            "first_s": first, "step_s": float(np.median(times)) if times else first}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--teacher", default="smollm2-135m")
+    ap.add_argument("--student", default="runs/train-demo/student")
+    ap.add_argument("--shape", choices=["smollm2"], help="random SmolLM2-shaped models instead of --teacher/--student")
+    ap.add_argument("--vocab", type=int, default=49152, help="vocabulary of --shape models")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA (train's default there)")
+    ap.add_argument("--impls", default="plain,chunked:1024,chunked:128", help="comma list of plain | chunked:CHUNK")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(run_case(json.loads(args.child))))
+        return
+    rows = []
+    for impl in args.impls.split(","):
+        name, _, chunk = impl.partition(":")
+        case = {"impl": name, "chunk": int(chunk or 1024), "teacher": args.teacher, "student": args.student, "shape": args.shape,
+                "vocab": args.vocab, "batch": args.batch, "seq_len": args.seq_len, "device": args.device, "bf16": args.bf16,
+                "repeats": args.repeats, "threads": args.threads}
+        out = subprocess.run([sys.executable, __file__, "--child", json.dumps(case)], capture_output=True, text=True, cwd=ROOT)
+        if out.returncode:
+            sys.exit(f"case {impl} failed:\n{out.stderr[-3000:]}")
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    what = f"random {args.shape}-shaped (V={args.vocab})" if args.shape else f"{args.teacher} -> {args.student}"
+    print(f"one KD step (teacher fwd + student fwd/bwd, FKL + CE), {what}, batch {args.batch}x{args.seq_len}, {args.device}"
+          + (" bf16 autocast" if args.bf16 else " fp32"))
+    print(f"{'impl':<16}{'loss':>10}{'held before (MB)':>18}{'step peak +MB':>15}{'first s':>9}{'s/step':>9}")
+    for r in rows:
+        label = r["impl"] + (f":{r['chunk']}" if r["impl"] == "chunked" else "")
+        print(f"{label:<16}{r['loss']:>10.4f}{r['before_mb']:>18,.0f}{r['peak_delta_mb']:>15,.0f}{r['first_s']:>9.2f}{r['step_s']:>9.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Checkpoints that survive SIGKILL: ``<dir>/step-00000050/{model,optimizer,trainer}.pt`` + ``state.json``.
+
+A checkpoint is written into a temp directory (``.step-….tmp<pid>``), its files fsynced, then
+renamed into place: a directory named ``step-*`` is always complete, a kill leaves at most a temp
+directory, which the next save or resume deletes. ``trainer.pt`` holds everything that is not
+model or optimizer: step, stage, sampler position, mixture state and history, TAID state, the
+metrics so far, and the RNG states (python, numpy, torch CPU and CUDA) -- all plain types and
+tensors, so it loads with ``torch.load(weights_only=True)``. ``state.json`` is a readable summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distillkit.errors import ArtifactError
+
+PREFIX = "step-"
+FILES = ("model.pt", "optimizer.pt", "trainer.pt")
+
+
+def checkpoint_dir(root: Path, step: int) -> Path:
+    return Path(root) / f"{PREFIX}{step:08d}"
+
+
+def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints under `root`, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.iterdir():
+        if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit() and all((p / f).is_file() for f in FILES):
+            out.append((int(p.name[len(PREFIX):]), p))
+    return sorted(out)
+
+
+def latest_checkpoint(root: Path) -> tuple[int, Path] | None:
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale(root: Path) -> None:
+    """Delete temp directories of checkpoints that were being written when a run died."""
+    root = Path(root)
+    if root.is_dir():
+        for p in root.glob(f".{PREFIX}*.tmp*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def save_checkpoint(root: Path, step: int, model: dict[str, Any], optimizer: dict[str, Any], trainer: dict[str, Any],
+                    summary: dict[str, Any], keep: int = 1) -> Path:
+    """Write a checkpoint atomically and keep only the newest `keep` (>= 1)."""
+    import torch
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    remove_stale(root)
+    final = checkpoint_dir(root, step)
+    tmp = root / f".{final.name}.tmp{os.getpid()}"
+    tmp.mkdir()
+    for name, obj in zip(FILES, (model, optimizer, trainer)):
+        with open(tmp / name, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    (tmp / "state.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    for _, old in list_checkpoints(root)[: -max(keep, 1)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(model, optimizer, trainer) states of a checkpoint directory, on CPU."""
+    import torch
+
+    path = Path(path)
+    try:
+        return tuple(torch.load(path / f, map_location="cpu", weights_only=True) for f in FILES)  # type: ignore[return-value]
+    except Exception as e:  # noqa: BLE001 - any unreadable file means a damaged checkpoint
+        raise ArtifactError(f"checkpoint {path} is damaged ({type(e).__name__}: {e}); delete it to resume from an earlier one") from e
+
+
+# ---------------------------------------------------------------- RNG states as plain types
+
+
+def rng_state() -> dict[str, Any]:
+    import torch
+
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(internal), gauss], "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+__all__ = ["checkpoint_dir", "list_checkpoints", "latest_checkpoint", "save_checkpoint", "load_checkpoint",
+           "remove_stale", "rng_state", "set_rng_state", "FILES"]

@@ -1,0 +1,322 @@
+"""`distillkit train` end to end on tiny in-process models: real score + plan stages feed it.
+
+One CPU thread throughout: for models this small, OpenMP synchronisation costs more than it saves
+(on a busy 2-core machine a 2-thread matmul of 192x64 takes 20 ms instead of 0.1 ms).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli.main import app
+from distillkit.artifacts import read_artifact
+from distillkit.data import DataSpec, load_data
+from pipelines.plan import PlanConfig
+from pipelines.plan import run as run_plan
+from pipelines.score import ScoreConfig
+from pipelines.score import run as run_score
+from pipelines.train import TrainConfig, run
+from tests.conftest import make_texts, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory, tiny_teacher_dir, tiny_student_dir):
+    """Scores (with top-8 log-probs) and a 4-stage plan of 3 steps per stage, over 3 domains."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("train")
+    rows = []
+    for d, seed in (("alpha", 20), ("beta", 21), ("gamma", 22)):
+        rows += [{"text": t, "domain": d} for t in make_texts(30, seed=seed, min_words=15, max_words=35)]
+    data = write_jsonl(root / "data.jsonl", rows)
+    run_score(ScoreConfig(data=str(data), teacher=str(tiny_teacher_dir), student=str(tiny_student_dir), out=str(root / "score"),
+                          dtype="float32", max_length=48, top_k=8))
+    run_plan(PlanConfig(scores=str(root / "score"), out=str(root / "plan"), stage_unit="steps", stage_length=3))
+    torch.set_num_threads(n)
+    return {"root": root, "plan": root / "plan", "scores": root / "score", "teacher": tiny_teacher_dir, "student": tiny_student_dir}
+
+
+def cfg_for(p, out, **kw) -> TrainConfig:
+    base = dict(plan=str(p["plan"]), teacher=str(p["teacher"]), student=str(p["student"]), out=str(out), batch_size=4,
+                seq_len=48, lr=3e-3, save_every=0, log_every=100)
+    return TrainConfig(**{**base, **kw})
+
+
+def metrics(out) -> dict[str, np.ndarray]:
+    t = read_artifact(out, "train").table("metrics.arrow")
+    return {c: t.column(c).to_numpy() for c in t.column_names}
+
+
+def heldout_kl(model, teacher, seqs_ids: list[list[int]]) -> float:
+    """Mean KL(teacher || student) per target token, computed here with plain transformers forwards."""
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for ids in seqs_ids:
+            x = torch.tensor([ids])
+            p = torch.log_softmax(teacher(x).logits[0, :-1].float(), -1)
+            q = torch.log_softmax(model(x).logits[0, :-1].float(), -1)
+            total += float((p.exp() * (p - q)).sum())
+            n += len(ids) - 1
+    return total / n
+
+
+def test_end_to_end_loss_falls_kl_falls_and_student_loads(pipeline, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "train"
+    cfg = cfg_for(pipeline, out, steps=24, temperature=1.0, kd_weight=0.5, save_every=10)
+    run(cfg)
+    m = metrics(out)
+    assert m["step"].tolist() == list(range(1, 25))
+    assert m["loss"][-4:].mean() < 0.7 * m["loss"][:4].mean(), m["loss"]
+    np.testing.assert_allclose(m["loss"], 0.5 * m["ce_loss"] + 0.5 * m["kd_loss"], rtol=1e-6)  # (1-λ)·CE + λ·KD
+    assert set(m["temperature"]) == {1.0} and np.isfinite(m["tokens_per_s"]).all() and (m["lr"] > 0).all()
+
+    art = read_artifact(out, "train")
+    names = {f["name"] for f in art.manifest["files"]}
+    assert {"metrics.arrow", "mixture.arrow", "heldout.arrow", "batches.arrow", "student/config.json",
+            "student/model.safetensors", "student/tokenizer.json"} <= names
+    assert {n for n in names if n.startswith("checkpoints/")} == {f"checkpoints/step-00000024/{f}" for f in
+                                                                  ("model.pt", "optimizer.pt", "trainer.pt", "state.json")}
+    assert art.manifest["inputs"][0]["kind"] == "plan" and art.manifest["inputs"][1]["kind"] == "score"
+    held = art.table("heldout.arrow").to_pylist()
+    assert all(r["kl_after"] < 0.8 * r["kl_before"] and r["student_ppl_after"] < r["student_ppl_before"] for r in held), held
+
+    # The saved student loads in plain transformers; its KL to the teacher on held-out text fell (measured here).
+    student = AutoModelForCausalLM.from_pretrained(out / "student").eval()
+    before = AutoModelForCausalLM.from_pretrained(pipeline["student"]).eval()
+    teacher = AutoModelForCausalLM.from_pretrained(pipeline["teacher"]).eval()
+    tok = AutoTokenizer.from_pretrained(out / "student")
+    ds = load_data(DataSpec(path=str(pipeline["root"] / "data.jsonl")))
+    val = ds.table.filter(pc.equal(ds.table.column("split"), "validation")).column("text").to_pylist()
+    ids = [tok(t)["input_ids"][:48] for t in val]
+    assert len(ids) >= 6 and heldout_kl(student, teacher, ids) < 0.8 * heldout_kl(before, teacher, ids)
+
+
+def test_curriculum_stages_switch_at_planned_steps_with_planned_t_and_lambda(pipeline, tmp_path):
+    out = tmp_path / "train"
+    run(cfg_for(pipeline, out, restart_optimizer=True, warmup_fraction=0.0, mixture="static", eval_heldout=False, tensorboard=True))
+    plan = read_artifact(pipeline["plan"], "plan").manifest["plan"]
+    m = metrics(out)
+    assert m["stage"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]  # 3 steps per stage, as planned
+    for s in plan["stages"]:
+        at = m["stage"] == s["stage"]
+        assert set(m["temperature"][at]) == {s["temperature"]} and set(m["kd_weight"][at]) == {s["kd_weight"]}
+    np.testing.assert_allclose(m["loss"], (1 - m["kd_weight"]) * m["ce_loss"] + m["kd_weight"] * m["kd_loss"], rtol=1e-6)
+    assert m["lr"][[0, 3, 6, 9]].tolist() == [3e-3] * 4 and (np.diff(m["lr"][:3]) < 0).all()  # LR restarts per stage
+
+    # Every drawn sample is in its step's pool (curriculum stage <= current stage), and new samples enter on schedule.
+    b = read_artifact(out, "train").table("batches.arrow")
+    step, stage = b.column("step").to_numpy(), b.column("stage").to_numpy()
+    assert len(step) == 12 * 4 and (stage <= m["stage"][step - 1]).all()
+    assert set(stage[step <= 3]) == {0} and stage[step > 9].max() == 3
+    has_tb = __import__("importlib").util.find_spec("tensorboard") is not None
+    assert any(f.startswith("tensorboard/") for f in read_artifact(out, "train").files()) == has_tb  # optional, lazy
+    weights = read_artifact(out, "train").table("mixture.arrow")
+    assert weights.num_rows == 3 and set(weights.column("step").to_pylist()) == {0}  # static: no updates
+
+
+def test_ddk_updates_follow_eq2_during_training(pipeline, tmp_path, monkeypatch):
+    import distillkit.training.loop as loop
+    from distillkit.training.ddk import Heldout
+
+    fixed = np.array([50.0, 20.0, 80.0])  # a fixed measured student perplexity per domain
+
+    def fake_measure(model, seqs, rows, domains, **kw):
+        return Heldout(list(domains), np.ones(3), np.log(fixed), None)
+
+    monkeypatch.setattr(loop, "measure_heldout", fake_measure)
+    out = tmp_path / "train"
+    run(cfg_for(pipeline, out, steps=6, ddk_interval=2, eval_heldout=False))
+    plan_mix = read_artifact(pipeline["plan"], "plan").table("mixture.arrow")
+    r = plan_mix.column("weight").to_numpy()
+    ratio = fixed / plan_mix.column("teacher_ppl").to_numpy()
+    hist = read_artifact(out, "train").table("mixture.arrow").to_pandas()
+    assert sorted(set(hist["step"])) == [0, 2, 4, 6]
+    for step in (2, 4, 6):
+        psi = r * np.exp(ratio)
+        r = 0.5 * psi / psi.sum() + 0.5 / 3
+        np.testing.assert_allclose(hist[hist.step == step]["weight"].to_numpy(), r, rtol=1e-12)
+        assert hist[hist.step == step]["student_ppl"].tolist() == pytest.approx(fixed.tolist(), rel=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["online", "offline"])
+def test_chunked_loss_matches_plain_in_training(pipeline, tmp_path, mode):
+    kw = dict(steps=3, teacher_mode=mode, eval_heldout=False, mixture="static", loss_form="additive", kd_weight=0.5,
+              precision="fp32")  # bf16 autocast (the GPU default) differs by ~3e-4 between the two paths
+    run(cfg_for(pipeline, tmp_path / "chunked", chunk_size=7, **kw))
+    run(cfg_for(pipeline, tmp_path / "plain", loss_impl="plain", **kw))
+    a, b = metrics(tmp_path / "chunked"), metrics(tmp_path / "plain")
+    for key in ("loss", "kd_loss", "ce_loss"):
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-5)
+    np.testing.assert_allclose(a["loss"], a["ce_loss"] + 0.5 * a["kd_loss"], rtol=1e-6)  # additive: CE + γ·KD
+
+
+def test_offline_teacher_trains_from_stored_topk(pipeline, tmp_path):
+    out = tmp_path / "train"
+    run(cfg_for(pipeline, out, steps=16, teacher_mode="offline", temperature=1.0, kd_weight=0.5))
+    m = metrics(out)
+    assert m["loss"][-4:].mean() < 0.8 * m["loss"][:4].mean(), m["loss"]
+    held = read_artifact(out, "train").table("heldout.arrow").to_pylist()
+    assert all(r["kl_after"] < r["kl_before"] for r in held), held  # KL on the stored top-8 support (+ tail bucket)
+
+
+@pytest.mark.parametrize("kind", ["rkl", "jsd", "skl", "srkl", "tvd", "akl", "taid"])
+def test_every_divergence_trains(pipeline, tmp_path, kind):
+    out = tmp_path / kind
+    run(cfg_for(pipeline, out, steps=3, loss=kind, eval_heldout=False, mixture="static"))
+    m = metrics(out)
+    assert np.isfinite(m["loss"]).all() and (m["kd_loss"] >= 0).all()
+    if kind == "taid":
+        assert m["taid_t"][0] == pytest.approx(0.4) and m["taid_t"][-1] > 0.4 and (np.diff(m["taid_t"]) >= 0).all()
+    else:
+        assert np.isnan(m["taid_t"]).all()
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(pipeline, tmp_path):
+    from distillkit.training.loop import TrainingDiverged
+
+    out = tmp_path / "train"
+    with pytest.raises(TrainingDiverged, match=r"at step \d+ .*the last good checkpoint is step \d+") as e:
+        run(cfg_for(pipeline, out, lr=1e30, warmup_fraction=0.0, max_grad_norm=0.0, save_every=1, eval_heldout=False))
+    step = int(str(e.value).split("at step ")[1].split()[0])
+    partial = tmp_path / "train.partial"
+    assert not out.exists() and (partial / "checkpoints" / f"step-{step - 1:08d}" / "model.pt").is_file()
+    assert "--resume" in str(e.value)
+
+
+def test_vocabulary_mismatch_refused_before_training(pipeline, tmp_path, other_tok_model_dir):
+    out = tmp_path / "train"
+    r = runner.invoke(app, ["train", "--plan", str(pipeline["plan"]), "--teacher", str(pipeline["teacher"]),
+                            "--student", str(other_tok_model_dir), "--out", str(out)])
+    assert r.exit_code == 2 and r.output.startswith("error: ") and "tokenizer" in r.output, r.output
+    assert not out.exists() and not (tmp_path / "train.partial").exists()
+
+
+def test_cli_help_and_print_config():
+    r = runner.invoke(app, ["train", "--help"])
+    assert r.exit_code == 0
+    for opt in ("--plan", "--loss", "--steps", "--batch-size", "--seq-len", "--lr", "--mixture", "--seed", "--save-every",
+                "--resume", "--teacher-mode"):
+        assert opt in r.output, opt
+    r = runner.invoke(app, ["train", "--plan", "p", "--teacher", "t", "--student", "s", "--out", "o", "--loss", "jsd",
+                            "--set", "jsd_beta=0.3", "--print-config"])
+    assert r.exit_code == 0 and 'loss = "jsd"' in r.output and "jsd_beta = 0.3" in r.output
+    r = runner.invoke(app, ["train", "--plan", "p", "--teacher", "t", "--student", "s", "--out", "o", "--loss", "kl"])
+    assert r.exit_code == 2 and "loss must be one of" in r.output
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _args(cfg: TrainConfig) -> list[str]:
+    return ["train", "--plan", cfg.plan, "--teacher", cfg.teacher, "--student", cfg.student, "--out", cfg.out,
+            "--batch-size", str(cfg.batch_size), "--seq-len", str(cfg.seq_len), "--lr", str(cfg.lr), "--steps", str(cfg.steps),
+            "--save-every", str(cfg.save_every), "--set", f"log_every={cfg.log_every}",
+            "--set", f"eval_heldout={str(cfg.eval_heldout).lower()}", "--grad-accum", str(cfg.grad_accum)]
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(out / "student" / "model.safetensors")
+
+
+def test_killed_run_resumes_to_bitwise_identical_weights(pipeline, tmp_path):
+    cfg = cfg_for(pipeline, tmp_path / "killed", steps=40, save_every=4)
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", *_args(cfg)], env=_env(), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = tmp_path / "killed.partial" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not list(ckpts.glob("step-*")):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (tmp_path / "killed").exists()
+
+    with pytest.raises(Exception, match="--resume"):
+        run(cfg)  # an interrupted run is not silently restarted
+    run(cfg, resume=True)
+    resumed = read_artifact(tmp_path / "killed", "train")
+    assert resumed.manifest["figures"]["resumed_from_step"] in range(4, 40, 4)
+
+    run(replace(cfg, out=str(tmp_path / "reference")))
+    a, b = _weights(tmp_path / "killed"), _weights(tmp_path / "reference")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bitwise on CPU
+    ma, mb = metrics(tmp_path / "killed"), metrics(tmp_path / "reference")
+    assert np.array_equal(ma["loss"], mb["loss"]) and np.array_equal(ma["lr"], mb["lr"])
+    assert read_artifact(tmp_path / "killed", "train").table("batches.arrow").equals(
+        read_artifact(tmp_path / "reference", "train").table("batches.arrow"))
+    t0 = time.time()
+    run(cfg)  # complete for this config: nothing to do
+    assert time.time() - t0 < 30
+
+
+def test_torchrun_ddp_and_fsdp2_match_single_process(pipeline, tmp_path):
+    """2 processes x 2 micro-batches of 1 vs 1 process x 4 micro-batches of 1: the same global batch of 4.
+
+    Both torchrun launches run concurrently while the single-process reference trains here.
+    """
+    single = cfg_for(pipeline, tmp_path / "single", steps=8, grad_accum=4, save_every=4)
+    procs = {}
+    for strategy in ("ddp", "fsdp2"):
+        multi = replace(single, out=str(tmp_path / strategy), grad_accum=2)  # accumulation across no_sync micro-batches
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--no-python",
+               sys.executable, "-m", "cli.main", *_args(multi), "--strategy", strategy]
+        procs[strategy] = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run(single)
+    a, wa = metrics(tmp_path / "single"), _weights(tmp_path / "single")
+    ha = read_artifact(tmp_path / "single", "train").table("heldout.arrow")
+    for strategy, proc in procs.items():
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, (strategy, err[-3000:])
+        b = metrics(tmp_path / strategy)
+        np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-5, err_msg=strategy)  # stated tolerance: 1e-5 relative
+        wb = _weights(tmp_path / strategy)
+        # Adam amplifies the summation-order rounding ((g1+g2)+g3)+g4 vs (g1+g2)+(g3+g4) for near-zero gradients
+        assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4, strategy
+        art = read_artifact(tmp_path / strategy, "train")
+        assert art.manifest["figures"]["world_size"] == 2 and art.manifest["figures"]["strategy"] == strategy
+        hb = art.table("heldout.arrow")
+        np.testing.assert_allclose(hb.column("kl_after").to_numpy(), ha.column("kl_after").to_numpy(), rtol=1e-4)
+
+
+def test_plan_from_other_scores_is_refused(pipeline, tmp_path):
+    import json
+    import shutil
+
+    from distillkit.errors import ArtifactError
+
+    fake = tmp_path / "plan"
+    shutil.copytree(pipeline["plan"], fake)
+    m = read_artifact(fake, "plan").manifest
+    m["inputs"][0]["manifest_sha256"] = "0" * 64
+    (fake / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="is not the one this artifact was built from"):
+        run(cfg_for(pipeline, tmp_path / "train", plan=str(fake)))
+    assert not (tmp_path / "train").exists() and not (tmp_path / "train.partial").exists()
