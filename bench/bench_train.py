@@ -72,8 +72,14 @@ def run_case(case: dict) -> dict:
         vocab = len(tok)
         import pyarrow.parquet as pq
 
-        texts = [t for t in pq.read_table(resolve_data("demo"), columns=["text"]).column("text").to_pylist() if len(t) > 4 * L]
-        ids = [__import__("numpy").asarray(tok(t)["input_ids"][:L]) for t in texts[:: max(1, len(texts) // B)][:B]]
+        # B rows of L tokens: demo-corpus documents (every 7th, for a domain mix) concatenated and cut
+        texts = pq.read_table(resolve_data("demo"), columns=["text"]).column("text").to_pylist()[::7]
+        stream: list[int] = []
+        for t in texts:
+            stream += tok(t)["input_ids"] + [tok.eos_token_id]
+            if len(stream) >= B * L:
+                break
+        ids = [stream[r * L : (r + 1) * L] for r in range(B)]
     teacher.eval().requires_grad_(False)
     student.train()
     import numpy as np
