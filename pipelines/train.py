@@ -20,7 +20,6 @@ continues from the newest. See docs/train.md.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -328,14 +327,6 @@ def finish(cfg: TrainConfig, inputs, run, writer, dist, wall_s: float) -> None:
 def _stage_dict(s) -> dict:
     return {"stage": s.stage, "start": s.start, "end": s.end, "temperature": s.temperature, "kd_weight": s.kd_weight,
             "num_samples": s.num_samples}
-
-
-def total_steps_hint(plan_info: dict, batch_size: int) -> int:
-    """The plan's total steps for a global batch (for --print-config users and docs)."""
-    length = plan_info["stage_length"]
-    if length["unit"] == "steps":
-        return int(length["value"]) * len(plan_info["stages"])
-    return sum(max(1, math.ceil(float(length["value"]) * s["num_samples"] / batch_size)) for s in plan_info["stages"])
 
 
 __all__ = ["TrainConfig", "run", "KIND"]
