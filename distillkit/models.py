@@ -95,11 +95,9 @@ def resolve_model(spec: str | os.PathLike) -> Path:
 
 
 def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    from distillkit.artifacts import sha256_file  # one streaming hasher for the whole library
+
+    return sha256_file(path)
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
