@@ -48,6 +48,7 @@ def score(
     engine: Optional[str] = typer.Option(None, "--engine", help="auto | hf | vllm."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | bfloat16."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Also store the teacher's top-k log-probs per position."),
+    topk_format: Optional[str] = typer.Option(None, "--topk-format", help="uint8 (default, log-grid codes) | float16."),
     shard: Optional[str] = typer.Option(None, "--shard", help="Score slice i of n ('i/n'), e.g. one SLURM array task."),
     domain_field: Optional[str] = typer.Option(None, "--domain-field", help="Column naming the domain."),
     id_field: Optional[str] = typer.Option(None, "--id-field", help="Column with sample ids."),
@@ -73,7 +74,7 @@ def score(
             path = stage.merge(list(merge), out, overwrite=overwrite)
             _summary(path)
             return
-        opts = dict(data=data, teacher=teacher, student=student, out=out, engine=engine, dtype=dtype, top_k=top_k,
+        opts = dict(data=data, teacher=teacher, student=student, out=out, engine=engine, dtype=dtype, top_k=top_k, topk_format=topk_format,
                     shard=shard, domain_field=domain_field, id_field=id_field, text_field=text_field,
                     max_length=max_length, max_per_domain=max_per_domain)
         cfg = resolve_or_print(stage.ScoreConfig, config, set_, opts, print_config, "score")
@@ -119,22 +120,39 @@ def prune(
 
 @app.command("run")
 def run_recipe(
-    recipe: str = typer.Argument(..., help="A recipe TOML file, or the name of a shipped one (demo)."),
+    recipe: str = typer.Argument(..., help="A recipe TOML file, or the name of a shipped one (demo, ci-smoke)."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output root (default: the recipe's `out`)."),
-    overwrite: bool = OverwriteOpt,
+    only: Optional[str] = typer.Option(None, "--only", help="Run only these stages (comma list, e.g. score,plan)."),
+    start: Optional[str] = typer.Option(None, "--from", help="Run this stage and every later one."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo the selected stages even where their artifacts are complete."),
 ) -> None:
-    """Run a recipe's stages in order, skipping finished ones and resuming an interrupted one."""
+    """Run a recipe's stages (prune, score, plan, train, eval) in order, skipping finished ones and resuming an interrupted one."""
     with handled():
+        import os
+
+        from distillkit.progress import console
         from pipelines import recipe as rec
 
-        root = rec.run(recipe, out, overwrite=overwrite)
-        if (root / "score" / "manifest.json").is_file():
-            _summary(root / "score")
-        from distillkit.progress import console
+        res = rec.run(recipe, out, overwrite=overwrite, only=only, start=start)
+        if os.environ.get("RANK", "0") != "0":
+            return
+        ran = {r.stage for r in res.stages}
+        last = {s: res.recipe.out(s) for s in res.recipe.stages}
+        report = res.report if "eval" in ran else None
+        if report is not None:
+            from cli.eval_cmd import summary
 
-        console.print(f"[green]done[/]: results under {root}  (inspect with: distillkit inspect {root / 'score'})")
+            summary(last["eval"])
+        elif "train" in ran and (last["train"] / "manifest.json").is_file():
+            from cli.train_cmd import summary
 
-
+            summary(last["train"])
+        elif "score" in ran and (last["score"] / "manifest.json").is_file():
+            _summary(last["score"])
+        if report is not None:
+            typer.echo(f"report: {report}")
+        else:
+            console.print(f"[green]done[/]: results under {res.root}  (inspect one with: distillkit inspect DIR)")
 
 
 # Stage commands that live in their own modules (each imports only typer at module level).

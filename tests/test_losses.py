@@ -352,6 +352,25 @@ def test_sparse_with_k_equal_vocab_matches_dense(kind):
             torch.testing.assert_close(g_sparse, g_dense, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("fmt,tol", [("uint8", 1e-3), ("float16", 1e-4)])
+def test_sparse_on_stored_top_k_with_k_equal_vocab_stays_close_to_dense(fmt, tol):
+    """Quantised storage (distillkit.topk) with every id stored: loss within `tol` (relative) of the dense loss."""
+    from distillkit.topk import decode, encode
+
+    B, L, V = 2, 16, 300
+    zs, zt = _logits(B, L, V, seed=84, scale=3.0), _logits(B, L, V, seed=85, scale=3.0)
+    lps, ids = torch.log_softmax(zt, -1).sort(-1, descending=True)
+    stored = encode(lps.reshape(-1, V).numpy(), fmt)
+    deq = torch.from_numpy(decode(**stored)).reshape(B, L, V)
+    for kind in DIVERGENCES:
+        dense = kd_loss(zs, zt, None, kind, **PARAMS[kind]).item()
+        # AKL's head/tail split is a threshold on the teacher's probabilities: rounding can move a token across it.
+        rel = 2e-3 if kind == "akl" else tol
+        for tail in ("bucket", "renorm"):
+            sparse = sparse_kd_loss(zs, ids, deq, None, kind, tail=tail, **PARAMS[kind]).item()
+            assert sparse == pytest.approx(dense, rel=rel), (kind, tail)
+
+
 @pytest.mark.parametrize("kind", ["fkl", "akl", "taid"])
 def test_sparse_fused_matches_sparse_plain(kind):
     hidden, weight, bias, _, mask, V = _heads(seed=90)

@@ -86,25 +86,67 @@ def test_exact_file_set_and_idempotent_rerun(tmp_path, text_jsonl, tiny_teacher_
     assert (out / "manifest.json").read_bytes() == before
 
 
-def test_topk_logprobs_match_plain_forward(tmp_path, text_jsonl, tiny_teacher_dir, tiny_student_dir):
+@pytest.mark.parametrize("fmt", ["uint8", "float16"])
+def test_topk_logprobs_match_plain_forward(tmp_path, text_jsonl, tiny_teacher_dir, tiny_student_dir, fmt):
+    """uint16 ids round-trip exactly; decoded log-probs are within the format's bound of a plain fp32 forward."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from distillkit.topk import ROWS_PER_BATCH, decode_rows
+
     out = tmp_path / "score"
-    run(_cfg(text_jsonl, tiny_teacher_dir, tiny_student_dir, out, top_k=5, chunk_size=25))
+    run(_cfg(text_jsonl, tiny_teacher_dir, tiny_student_dir, out, top_k=5, chunk_size=25, topk_format=fmt))
     art = read_artifact(out, "score")
+    assert art.manifest["schema_version"] == 2
+    assert art.manifest["topk"] == {"k": 5, "format": fmt, "ids": "uint16", "rows_per_batch": ROWS_PER_BATCH, "tail": "topk_logtail"}
     parts = art.files("topk/")
     assert len(parts) == 3
     t = art.table(parts[1])
-    assert t.schema.field("topk_logprobs").type == pa.list_(pa.list_(pa.float16(), 5))
+    assert t.schema.field("topk_ids").type == pa.list_(pa.list_(pa.uint16(), 5))
+    assert t.schema.field("token_ids").type == pa.list_(pa.uint16())
+    value_col = {"uint8": ("topk_codes", pa.uint8()), "float16": ("topk_logprobs", pa.float16())}[fmt]
+    assert t.schema.field(value_col[0]).type == pa.list_(pa.list_(value_col[1], 5))
+    assert t.column(0).num_chunks == -(-t.num_rows // ROWS_PER_BATCH)  # record batches of ROWS_PER_BATCH samples
     model = AutoModelForCausalLM.from_pretrained(tiny_teacher_dir, dtype=torch.float32).eval()
-    for row in t.slice(0, 3).to_pylist():
-        ids = torch.tensor([row["token_ids"]])
+    batch = t.to_batches()[1]
+    for j in range(3):
+        ids = torch.tensor([batch.column("token_ids")[j].as_py()])
         with torch.no_grad():
             lp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
         vals, idx = lp.topk(5, -1)
-        np.testing.assert_array_equal(np.array(row["topk_ids"]), idx.numpy())
-        np.testing.assert_allclose(np.array(row["topk_logprobs"], dtype=np.float32), vals.numpy(), rtol=2e-3, atol=2e-3)
+        got_ids, got_lp = decode_rows(batch, j)
+        np.testing.assert_array_equal(got_ids, idx.numpy())  # exact
+        want = vals.numpy()
+        bound = 2e-3 * (1 + np.abs(want))
+        if fmt == "uint8":
+            scale = np.array(batch.column("topk_scale")[j].as_py(), dtype=np.float32)
+            np.testing.assert_allclose(scale, want[:, 0] - want[:, -1], rtol=1e-3)
+            bound = bound + scale[:, None] / 255
+        assert (np.abs(got_lp - want) <= bound).all(), np.abs(got_lp - want).max()
+        # the decoded top-k carries the exact tail mass: Σ p = 1 − tail of the fp32 forward
+        np.testing.assert_allclose(np.exp(got_lp.astype(np.float64)).sum(-1), np.exp(want.astype(np.float64)).sum(-1), rtol=2e-3)
+
+
+def test_topk_table_widens_ids_past_uint16_and_reads_schema1_parts():
+    from distillkit.engines.base import SequenceScores
+    from distillkit.topk import decode_rows, topk_table
+
+    rng = np.random.default_rng(0)
+    lp = np.sort(np.log(rng.dirichlet(np.ones(8), size=6)).astype(np.float32), axis=1)[:, ::-1][:, :4].copy()
+    for vocab, typ in ((65536, pa.uint16()), (70000, pa.int32())):
+        ids = rng.choice(vocab, size=(6, 4), replace=False).astype(np.int32)
+        ids[0, 0] = vocab - 1
+        t = topk_table(["a"], [list(range(7))], [SequenceScores(np.zeros(6, np.float32), ids, lp)], "uint8", vocab)
+        assert t.schema.field("topk_ids").type.value_type.value_type == typ
+        got_ids, got_lp = decode_rows(t.to_batches()[0], 0)
+        np.testing.assert_array_equal(got_ids, ids)
+    # a schema-1 part (int32 ids, float16 log-probs, no tail column) decodes to its values unchanged
+    old = pa.table({"sample_id": ["a"], "token_ids": pa.array([list(range(7))], pa.list_(pa.int32())),
+                    "topk_ids": pa.array([ids.tolist()], pa.list_(pa.list_(pa.int32(), 4))),
+                    "topk_logprobs": pa.array([lp.astype(np.float16).tolist()], pa.list_(pa.list_(pa.float16(), 4)))})
+    got_ids, got_lp = decode_rows(old.to_batches()[0], 0)
+    np.testing.assert_array_equal(got_ids, ids)
+    np.testing.assert_array_equal(got_lp, lp.astype(np.float16).astype(np.float32))
 
 
 def test_shards_merge_equals_single_run(tmp_path, text_jsonl, tiny_teacher_dir, tiny_student_dir):

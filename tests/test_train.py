@@ -184,6 +184,48 @@ def test_offline_teacher_trains_from_stored_topk(pipeline, tmp_path):
     assert all(r["kl_after"] < r["kl_before"] for r in held), held  # KL on the stored top-8 support (+ tail bucket)
 
 
+def test_topk_store_streams_parts_and_reads_schema1_artifacts(pipeline, tmp_path):
+    """The reader keeps only an index and a few record batches; float16 parts of schema 1 still read."""
+    import json
+
+    import pyarrow as pa
+
+    from distillkit.artifacts import ArtifactWriter
+    from distillkit.topk import decode_rows
+    from distillkit.training.batches import Sequences, TopKStore
+
+    art = read_artifact(pipeline["scores"], "score")
+    tables = {name: art.table(name) for name in art.files("topk/")}
+    sid = [s for t in tables.values() for s in t.column("sample_id").to_pylist()]
+    ids = [np.asarray(x, dtype=np.int64) for t in tables.values() for x in t.column("token_ids").to_pylist()]
+    seqs = Sequences(sid, ["d"] * len(sid), ids, np.ones(len(sid), np.int64), np.array([len(x) - 1 for x in ids]))
+    store = TopKStore(art.path, seqs, 48, cache_batches=2)
+    assert store.k == 8 and store.formats == {"uint8"} and 0 <= store.max_id < 300
+    new = [store.rows(i) for i in range(len(seqs))]
+    assert len(store.reader.cache) == 2  # streamed: at most cache_batches record batches held
+    for (a, b), x in zip(new, ids):
+        assert a.shape == b.shape == (len(x) - 1, 8) and a.dtype == np.int64 and b.dtype == np.float32
+
+    # The same top-k in the schema-1 layout: int32 ids, float16 log-probs, one record batch per part, no tail.
+    w = ArtifactWriter(tmp_path / "v1", "score", {"schema": 1})
+    for name, t in tables.items():
+        rows = [decode_rows(b, j) for b in t.to_batches() for j in range(b.num_rows)]
+        w.write(name, pa.table({
+            "sample_id": t.column("sample_id"), "token_ids": t.column("token_ids").cast(pa.list_(pa.int32())),
+            "topk_ids": pa.array([r[0].tolist() for r in rows], pa.list_(pa.list_(pa.int32(), 8))),
+            "topk_logprobs": pa.array([r[1].astype(np.float16).tolist() for r in rows], pa.list_(pa.list_(pa.float16(), 8)))}),
+            compression="zstd")
+    w.finish()
+    m = json.loads((tmp_path / "v1" / "manifest.json").read_text())
+    (tmp_path / "v1" / "manifest.json").write_text(json.dumps({**m, "schema_version": 1}))
+    old = TopKStore(tmp_path / "v1", seqs, 48)
+    assert old.formats == {"float16-v1"} and old.max_id == store.max_id
+    for i, (a, b) in enumerate(new):
+        oa, ob = old.rows(i)
+        np.testing.assert_array_equal(oa, a)
+        np.testing.assert_allclose(ob, b, rtol=1e-3, atol=1e-3)
+
+
 @pytest.mark.parametrize("kind", ["rkl", "jsd", "skl", "srkl", "tvd", "akl", "taid"])
 def test_every_divergence_trains(pipeline, tmp_path, kind):
     out = tmp_path / kind

@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--max-per-domain", type=int, default=120, help="documents per domain scored (10%% held out)")
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--ddk-interval", type=int, default=10)
     ap.add_argument("--heldout-docs", type=int, default=16, help="held-out docs per domain for DDK and the before/after table")
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         prune_model(args.teacher, student, drop_layers=args.drop_layers, overwrite=True)
     _stage("score", score.run, score.ScoreConfig, {
         "data": "demo", "teacher": args.teacher, "student": str(student), "out": str(root / "score"),
-        "max_length": args.seq_len, "dtype": "float32", "chunk_size": 512})
+        "max_length": args.seq_len, "max_per_domain": args.max_per_domain, "dtype": "float32", "chunk_size": 512})
     common_plan = {"scores": str(root / "score"), "stage_unit": "steps"}
     _stage("plan flat", plan.run, plan.PlanConfig, {
         **common_plan, "out": str(root / "plan-flat"), "curriculum": False, "stage_length": args.steps,

@@ -67,47 +67,82 @@ def tokenize_rows(rows: pa.Table, fmt: str, tok, max_length: int, seq_len: int) 
 
 
 class TopKStore:
-    """The teacher's stored top-k log-probs for the samples a run uses, in memory (int32 ids, fp16/fp32 lps)."""
+    """The teacher's stored top-k for the samples a run uses, streamed from the score artifact's parts.
 
-    def __init__(self, score_dir, seqs: Sequences, max_length: int) -> None:
+    Opening indexes where each sample lies (part, record batch, row) and checks its stored sequence
+    against the tokenized data, reading only the sample_id and token_ids columns; `rows` then decodes
+    the top-k of the samples a batch needs, a record batch at a time (a few cached), so memory stays
+    at a few record batches however large the artifact. Ids come back as int64, log-probs as
+    dequantised fp32 (`distillkit.topk.decode`); schema-1 float16 parts read too.
+    """
+
+    def __init__(self, score_dir, seqs: Sequences, max_length: int, cache_batches: int = 16) -> None:
         from distillkit.artifacts import read_artifact
+        from distillkit.errors import ArtifactError
+        from distillkit.topk import PartReader, table_format
 
         art = read_artifact(score_dir, "score")
         parts = art.files("topk/")
         if not parts:
             raise DataError(f"teacher_mode = 'offline' needs the teacher's top-k log-probs, but {art.path} has none: "
                             "rescore with --top-k K (e.g. 32), or use teacher_mode = 'online'")
+        self.reader = PartReader([art.path / name for name in parts], cache_batches=cache_batches)
         want = {sid: i for i, sid in enumerate(seqs.sample_id)}
-        self.ids: list[np.ndarray | None] = [None] * len(seqs)
-        self.logprobs: list[np.ndarray | None] = [None] * len(seqs)
-        self.k = 0
-        for name in parts:
-            t = art.table(name, verify=False)
-            sid = t.column("sample_id").to_pylist()
-            keep = [j for j, s in enumerate(sid) if s in want]
-            if not keep:
-                continue
-            t = t.take(pa.array(keep))
-            tok_ids, tk_ids, tk_lp = (t.column(c).combine_chunks() for c in ("token_ids", "topk_ids", "topk_logprobs"))
-            offsets = tk_ids.offsets.to_numpy()
-            k = tk_ids.type.value_type.list_size
-            self.k = k
-            flat_ids = tk_ids.values.flatten().to_numpy().reshape(-1, k)
-            flat_lp = tk_lp.values.flatten().to_numpy(zero_copy_only=False).reshape(-1, k)
-            for r, j in enumerate(keep):
-                i = want[sid[j]]
-                stored = np.asarray(tok_ids[r].as_py(), dtype=np.int64)
-                mine = seqs.ids[i]
-                if len(stored) < len(mine) or not np.array_equal(stored[: len(mine)], mine):
-                    raise DataError(f"sample {sid[j]!r}: the stored top-k sequence differs from the tokenized data "
-                                    "(data or tokenizer changed since scoring); rescore")
-                rows = slice(offsets[r], offsets[r] + max(len(mine) - 1, 0))
-                self.ids[i], self.logprobs[i] = flat_ids[rows], flat_lp[rows]
-        self.max_id = max((int(x.max()) for x in self.ids if x is not None and x.size), default=-1)
-        missing = [seqs.sample_id[i] for i, x in enumerate(self.ids) if x is None]
+        self.where = np.full((len(seqs), 3), -1, dtype=np.int64)  # part, record batch, row
+        self.num_rows = np.array([max(len(x) - 1, 0) for x in seqs.ids], dtype=np.int64)
+        self.k, self.max_id, self.formats = 0, -1, set()
+        for p, name in enumerate(parts):
+            try:
+                schema = self.reader.schema(p)
+                f = self.reader.open(p, ["sample_id", "token_ids"])
+            except (pa.ArrowInvalid, OSError, KeyError) as e:
+                raise ArtifactError(f"{art.path / name} is not a readable top-k part ({e}); rescore with --overwrite") from e
+            try:
+                fmt = table_format(schema)
+            except ValueError:
+                raise ArtifactError(f"{art.path / name} has no top-k log-prob column; rescore with --top-k K --overwrite") from None
+            self.formats.add(fmt)
+            self.k = schema.field("topk_ids").type.value_type.list_size
+            used = False
+            for b in range(f.num_record_batches):
+                batch = f.get_batch(b)
+                sid = batch.column(0).to_pylist()
+                tok = batch.column(1)
+                off, flat = tok.offsets.to_numpy(), tok.flatten().to_numpy()
+                for j, s in enumerate(sid):
+                    i = want.get(s)
+                    if i is None:
+                        continue
+                    used = True
+                    stored, mine = flat[off[j] - off[0] : off[j + 1] - off[0]], seqs.ids[i]
+                    if len(stored) < len(mine) or not np.array_equal(stored[: len(mine)], mine):
+                        raise DataError(f"sample {s!r}: the stored top-k sequence differs from the tokenized data "
+                                        "(data or tokenizer changed since scoring); rescore")
+                    self.where[i] = (p, b, j)
+            if used:
+                self.max_id = max(self.max_id, self._max_id(p, schema))
+        if len(self.formats) > 1:
+            raise ArtifactError(f"{art.path} mixes top-k formats ({', '.join(sorted(self.formats))}); rescore with --overwrite")
+        missing = [seqs.sample_id[i] for i in np.flatnonzero(self.where[:, 0] < 0)]
         if missing:
             raise DataError(f"{len(missing)} samples have no stored top-k in {art.path} (e.g. {missing[0]!r}); "
                             "the score artifact does not match the plan")
+
+    def _max_id(self, part: int, schema: pa.Schema) -> int:
+        meta = schema.metadata or {}
+        if b"distillkit.topk_max_id" in meta:
+            return int(meta[b"distillkit.topk_max_id"])
+        f = self.reader.open(part, ["topk_ids"])  # schema 1: scan the ids column, one record batch at a time
+        return max((int(np.max(f.get_batch(b).column(0).flatten().flatten().to_numpy(), initial=-1))
+                    for b in range(f.num_record_batches)), default=-1)
+
+    def rows(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample i's (ids [n, k] int64, log-probs [n, k] float32), n = len(seqs.ids[i]) − 1."""
+        p, b, j = (int(x) for x in self.where[i])
+        off, ids, lp = self.reader.batch(p, b)
+        a = int(off[j])
+        n = min(int(self.num_rows[i]), int(off[j + 1]) - a)
+        return ids[a : a + n].astype(np.int64), lp[a : a + n]
 
 
 def collate(seqs: Sequences, rows: Sequence[int], pad_id: int, device, topk: TopKStore | None = None) -> Batch:
@@ -131,9 +166,10 @@ def collate(seqs: Sequences, rows: Sequence[int], pad_id: int, device, topk: Top
         t_ids = np.zeros((len(rows), width, k), dtype=np.int64)
         t_lp = np.zeros((len(rows), width, k), dtype=np.float32)
         for r, i in enumerate(rows):
-            n = len(topk.ids[i])  # type: ignore[arg-type]
-            t_ids[r, :n] = topk.ids[i]
-            t_lp[r, :n] = topk.logprobs[i]
+            ids_i, lp_i = topk.rows(i)
+            n = len(ids_i)
+            t_ids[r, :n] = ids_i
+            t_lp[r, :n] = lp_i
         batch.topk_ids = torch.from_numpy(t_ids).to(device)
         batch.topk_logprobs = torch.from_numpy(t_lp).to(device)
     return batch
