@@ -1,11 +1,23 @@
-"""`distillkit run`: a recipe chains stages and skips the finished ones."""
+"""`distillkit run`: a recipe chains prune -> score -> plan -> train -> eval, skips finished stages, resumes a killed one."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
 from distillkit.artifacts import read_artifact
+from distillkit.errors import ConfigError
+from pipelines.recipe import RECIPES, STAGES, load_recipe, select
 
 
 def test_recipe_runs_and_skips_finished(tmp_path, tiny_teacher_dir, tiny_student_dir):
@@ -33,22 +45,7 @@ def test_unknown_recipe_exit_2():
 
 # --------------------------------------------------------------------------- the full chain
 
-import json  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-
-from distillkit.errors import ConfigError  # noqa: E402
-from pipelines.recipe import RECIPES, STAGES, load_recipe, select  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = {"prune": "student", "score": "score", "plan": "plan", "train": "train", "eval": "eval"}
 
 
 def _norm(text: str) -> str:
@@ -117,7 +114,7 @@ def _snapshot(root: Path, stages=("score", "plan", "train", "eval")) -> dict[str
     return {s: ((root / s / "manifest.json").read_bytes(), (root / s / "manifest.json").stat().st_mtime_ns) for s in stages}
 
 
-def test_ci_smoke_runs_every_stage_then_skips_them(smoke):
+def test_ci_smoke_runs_every_stage_then_skips_them(smoke, tmp_path):
     from distillkit.models import resolve_model
     from distillkit.tiny import TINY_FILE
 
@@ -147,6 +144,12 @@ def test_ci_smoke_runs_every_stage_then_skips_them(smoke):
     assert _norm(r.output).count("nothing to do") == 5
     assert _snapshot(root) == before and (root / "student" / "distillkit-prune.json").read_bytes() == prune_record
     assert r.output.strip().splitlines()[-1] == f"report: {root / 'eval' / 'report.md'}"
+
+    # An edited [train] is refused (one line naming the recipe way to redo it); nothing is touched.
+    edited = tmp_path / "edited.toml"
+    edited.write_text((RECIPES / "ci-smoke.toml").read_text(encoding="utf-8").replace("lr = 1e-3", "lr = 2e-3"))
+    r = CliRunner().invoke(app, ["run", str(edited), "--out", str(root)])
+    assert r.exit_code == 2 and "--from train --overwrite" in _norm(r.output) and _snapshot(root) == before
 
 
 def test_killed_train_resumes_without_redoing_score_or_plan(smoke, tmp_path):
