@@ -342,3 +342,30 @@ def model_info(spec: str | os.PathLike) -> dict[str, Any]:
     if (path / SOURCE_FILE).is_file():
         info["source"] = json.loads((path / SOURCE_FILE).read_text(encoding="utf-8"))
     return info
+
+
+_SAMPLE = 1 << 20  # bytes read at each of three places of every weight file
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """Identity of a model directory, cheap enough for every run.
+
+    Hashes config.json, every small file (tokenizer, generation config), and for each weight file its
+    size plus 1 MiB at its start, middle and end: a retrained student of the same shape changes all of
+    its tensors, so it changes these bytes, without hashing gigabytes of weights on every run.
+    """
+    d = Path(model_dir)
+    h = hashlib.sha256()
+    for f in sorted(d.iterdir()):
+        if not f.is_file() or f.suffix not in (".safetensors", ".bin", ".json", ".model", ".pt", ".txt"):
+            continue
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}\n".encode())
+        with open(f, "rb") as fh:
+            if size <= 3 * _SAMPLE:
+                h.update(fh.read())
+                continue
+            for pos in (0, size // 2, size - _SAMPLE):
+                fh.seek(pos)
+                h.update(fh.read(_SAMPLE))
+    return h.hexdigest()

@@ -106,22 +106,6 @@ def tokenize(rows: pa.Table, fmt: str, tok, max_length: int) -> Samples:
     )
 
 
-def model_fingerprint(model_dir: str | Path) -> str:
-    """Cheap identity of a model directory: its config.json plus the names and sizes of its files.
-
-    Hashing multi-GB weights on every run would cost minutes; a retrained or
-    re-pruned model changes its config or file sizes in practice.
-    """
-    import hashlib
-
-    d = Path(model_dir)
-    h = hashlib.sha256((d / "config.json").read_bytes() if (d / "config.json").is_file() else b"")
-    for f in sorted(d.iterdir()):
-        if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".model"):
-            h.update(f"{f.name}:{f.stat().st_size}".encode())
-    return h.hexdigest()
-
-
 def _chunk_name(c: int) -> str:
     return f"chunks/part-{c:05d}.arrow"
 

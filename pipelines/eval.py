@@ -162,7 +162,7 @@ def run(cfg: EvalConfig, resume: bool = False, overwrite: bool = False) -> Path:
     from distillkit.evaluation import tasks as T
     from distillkit.models import resolve_model
     from distillkit.progress import console
-    from distillkit.scoring import model_fingerprint
+    from distillkit.models import model_fingerprint
 
     t0 = time.time()
     # Everything that can be wrong with the inputs is checked before --out is touched.

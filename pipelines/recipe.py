@@ -304,8 +304,8 @@ def _run_stages(rec: Recipe, todo: list[str], overwrite: bool, say) -> list[Stag
         dest = rec.out(stage)
         marker = "distillkit-prune.json" if stage == "prune" else "manifest.json"
         before = _manifest_sig(dest, marker)
-        # eval knows its models by a cheap fingerprint (config + file sizes), which a retrained student of the
-        # same shape keeps: after a train that produced a new student, eval is redone rather than skipped.
+        # After a train that produced a new student, the eval of the old one is redone (its model
+        # fingerprint changed, so it would otherwise be refused as made from other inputs).
         stale = stage == "eval" and any(r.stage == "train" and r.status != "skipped" for r in results)
         redo = overwrite or (stale and (before is not None or _partial(dest).exists()))
         resume = stage != "prune" and _partial(dest).exists() and not redo

@@ -90,7 +90,7 @@ def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> P
     from distillkit.assets import resolve_data
     from distillkit.data import DataSpec, load_data, shard_rows
     from distillkit.models import check_same_tokenizer, load_tokenizer, resolve_model
-    from distillkit.scoring import model_fingerprint
+    from distillkit.models import model_fingerprint
     from distillkit.progress import console
 
     t0 = time.time()

@@ -319,3 +319,27 @@ def test_smollm2_gguf_conversion_matches_direct_load():
     ids = load_tokenizer("smollm2-135m")("The teacher explains; the student learns.", return_tensors="pt").input_ids
     with torch.no_grad():
         torch.testing.assert_close(cached(ids).logits, direct(ids).logits, atol=1e-5, rtol=0)
+
+
+def test_model_fingerprint_sees_retrained_weights_of_the_same_shape(tmp_path, tiny_student_dir):
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from distillkit.models import model_fingerprint
+
+    a = tmp_path / "a"
+    shutil.copytree(tiny_student_dir, a)
+    assert model_fingerprint(a) == model_fingerprint(tiny_student_dir)  # content, not path or mtime
+    m = AutoModelForCausalLM.from_pretrained(a)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(1e-3)
+    b = tmp_path / "b"
+    m.save_pretrained(b)
+    for f in tiny_student_dir.iterdir():
+        if not (b / f.name).exists():
+            shutil.copy(f, b / f.name)
+    assert sorted(x.stat().st_size for x in b.glob("*.safetensors")) == sorted(x.stat().st_size for x in a.glob("*.safetensors"))
+    assert model_fingerprint(b) != model_fingerprint(a)
