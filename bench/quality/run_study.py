@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--ddk-interval", type=int, default=10)
     ap.add_argument("--heldout-docs", type=int, default=16, help="held-out docs per domain for DDK and the before/after table")
+    ap.add_argument("--scores", default=None, help="reuse this score artifact (same teacher, student and data) instead of scoring")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--arms", default="a,b,c,d,e,f")
     ap.add_argument("--extra-seeds-arms", default=None, help="arms that get all seeds (default: all arms)")
@@ -90,10 +91,12 @@ def main(argv: list[str] | None = None) -> None:
         from distillkit.prune import prune_model
 
         prune_model(args.teacher, student, drop_layers=args.drop_layers, overwrite=True)
-    _stage("score", score.run, score.ScoreConfig, {
-        "data": "demo", "teacher": args.teacher, "student": str(student), "out": str(root / "score"),
-        "max_length": args.seq_len, "max_per_domain": args.max_per_domain, "dtype": "float32", "chunk_size": 512})
-    common_plan = {"scores": str(root / "score"), "stage_unit": "steps"}
+    scores = Path(args.scores) if args.scores else root / "score"
+    if not args.scores:
+        _stage("score", score.run, score.ScoreConfig, {
+            "data": "demo", "teacher": args.teacher, "student": str(student), "out": str(root / "score"),
+            "max_length": args.seq_len, "max_per_domain": args.max_per_domain, "dtype": "float32", "chunk_size": 512})
+    common_plan = {"scores": str(scores), "stage_unit": "steps"}
     _stage("plan flat", plan.run, plan.PlanConfig, {
         **common_plan, "out": str(root / "plan-flat"), "curriculum": False, "stage_length": args.steps,
         "ddk_interval": args.ddk_interval})
