@@ -163,18 +163,28 @@ def _converted_gguf(gguf: Path) -> Path:
     dest = cache_dir() / "gguf" / digest[:16]
     if (dest / SOURCE_FILE).is_file():
         return dest
+
+    def build(tmp: Path) -> None:
+        _convert_gguf(gguf, tmp)
+        _write_json_atomic(tmp / SOURCE_FILE, {"gguf": str(gguf), "sha256": digest, "size": gguf.stat().st_size})
+
+    return build_cached_dir(dest, SOURCE_FILE, build)
+
+
+def build_cached_dir(dest: Path, marker: str, build) -> Path:
+    """Build a cache directory at most once: `build(tmp)` fills a private temp dir (which must end by
+    writing `marker`), then it is renamed into place. A killed build leaves only its temp dir, removed by
+    the next build; a concurrent build that finished first wins."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(dest.parent, dest.name)
     tmp = dest.parent / f".{dest.name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _convert_gguf(gguf, tmp)
-        _write_json_atomic(tmp / SOURCE_FILE, {"gguf": str(gguf), "sha256": digest,
-                                               "size": gguf.stat().st_size})
+        build(tmp)
         try:
             os.replace(tmp, dest)
         except OSError:
-            if not (dest / SOURCE_FILE).is_file():  # not a concurrent conversion that finished first
+            if not (dest / marker).is_file():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -11,8 +11,6 @@ Nothing is downloaded.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,30 +38,18 @@ TINY_MODELS: dict[str, TinySpec] = {"tiny-random": TinySpec()}
 
 def tiny_model(name: str = "tiny-random") -> Path:
     """The cached model directory of tiny model `name`, built (once, atomically) if missing."""
-    from distillkit.models import _pid_alive, cache_dir
+    from distillkit.models import build_cached_dir, cache_dir
 
     spec = TINY_MODELS[name]
     dest = cache_dir() / "tiny" / f"{name}-v{spec.version}"
     if (dest / TINY_FILE).is_file():
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    for stale in dest.parent.glob(f".{dest.name}.tmp*"):  # left by killed builds
-        pid = stale.name.rsplit(".tmp", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = dest.parent / f".{dest.name}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+
+    def build(tmp: Path) -> None:
         build_tiny(tmp, spec)
         (tmp / TINY_FILE).write_text(json.dumps({"name": name, **asdict(spec)}, indent=2) + "\n", encoding="utf-8")
-        try:
-            os.replace(tmp, dest)
-        except OSError:
-            if not (dest / TINY_FILE).is_file():  # not a concurrent build that finished first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+
+    return build_cached_dir(dest, TINY_FILE, build)
 
 
 def _corpus() -> list[str]:
