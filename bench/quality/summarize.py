@@ -63,6 +63,11 @@ def load(study: Path) -> dict:
     return {"runs": runs, "evals": evals, "traces": traces}
 
 
+def _per_seed(runs: dict, arm: str, domain: str, key: str) -> list[float]:
+    """`key` of `domain`'s held-out row in every seed's run of `arm`."""
+    return [next(r[key] for r in run["heldout"] if r["domain"] == domain) for run in runs[arm].values()]
+
+
 def _overall(held: list[dict], key: str) -> float:
     """Token-weighted over domains: exp(mean NLL) for perplexities, mean for KL."""
     import math
@@ -97,7 +102,7 @@ def summarize(study: Path, out: Path) -> str:
     base_ppl = {}
     if "b" in runs:
         for d in domains:
-            base_ppl[d] = np.mean([next(r["student_ppl_after"] for r in run["heldout"] if r["domain"] == d) for run in runs["b"].values()])
+            base_ppl[d] = np.mean(_per_seed(runs, "b", d, "student_ppl_after"))
     summary = {}
     for a in arms:
         ppl = [_overall(r["heldout"], "student_ppl_after") for r in runs[a].values()]
@@ -105,7 +110,7 @@ def summarize(study: Path, out: Path) -> str:
         summary[a] = (ppl, kl)
         wins = "–"
         if base_ppl and a != "b":
-            mean_d = {d: np.mean([next(r["student_ppl_after"] for r in run["heldout"] if r["domain"] == d) for run in runs[a].values()]) for d in domains}
+            mean_d = {d: np.mean(_per_seed(runs, a, d, "student_ppl_after")) for d in domains}
             wins = f"{sum(mean_d[d] < base_ppl[d] for d in domains)}/{len(domains)}"
         P(f"| {a} | {ARMS[a]['name']} | {len(ppl)} | {_ms(ppl, '{:.1f}')} | {_ms(kl, '{:.3f}')} | {wins} |")
     P("")
@@ -117,8 +122,7 @@ def summarize(study: Path, out: Path) -> str:
         r0 = next(r for r in held0 if r["domain"] == d)
         cells = []
         for a in arms:
-            xs = [next(r["student_ppl_after"] for r in run["heldout"] if r["domain"] == d) for run in runs[a].values()]
-            cells.append(_ms(xs, "{:.1f}"))
+            cells.append(_ms(_per_seed(runs, a, d, "student_ppl_after"), "{:.1f}"))
         P(f"| {d} | {r0['tokens']} | {r0['teacher_ppl']:.1f} | {r0['student_ppl_before']:.1f} | " + " | ".join(cells) + " |")
     P("")
 
@@ -127,7 +131,7 @@ def summarize(study: Path, out: Path) -> str:
     P("|---|---:|" + "---:|" * len(arms))
     for d in domains:
         r0 = next(r for r in held0 if r["domain"] == d)
-        cells = [_ms([next(r["kl_after"] for r in run["heldout"] if r["domain"] == d) for run in runs[a].values()], "{:.3f}") for a in arms]
+        cells = [_ms(_per_seed(runs, a, d, "kl_after"), "{:.3f}") for a in arms]
         P(f"| {d} | {r0['kl_before']:.3f} | " + " | ".join(cells) + " |")
     P("")
 
