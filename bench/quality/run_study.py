@@ -56,6 +56,25 @@ def _stage(name: str, fn, cfg_cls, options: dict) -> Path:
     return out
 
 
+SETTING = ("teacher", "drop_layers", "steps", "batch_size", "seq_len", "max_per_domain", "lr", "ddk_interval",
+           "heldout_docs", "scores")
+
+
+def _record_study(path: Path, args: argparse.Namespace) -> None:
+    """Keep one study.json per study: the setting every arm shares (refusing a different one, which would
+    mix incomparable runs in one table) and a list of the invocations (seeds, arms, tasks) that added runs."""
+    a = vars(args)
+    setting = {k: a[k] for k in SETTING}
+    record = json.loads(path.read_text()) if path.is_file() else {"setting": setting, "invocations": []}
+    if record.get("setting") != setting:
+        diff = {k: (record.get("setting", {}).get(k), setting[k]) for k in SETTING
+                if record.get("setting", {}).get(k) != setting[k]}
+        raise SystemExit(f"error: {path} holds a study with another setting {diff} (was, now); "
+                         "use another --out or the same options")
+    record["invocations"].append({k: a[k] for k in ("seeds", "arms", "extra_seeds_arms", "tasks", "limit")})
+    path.write_text(json.dumps(record, indent=2))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/study")
@@ -84,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     arms = args.arms.split(",")
     all_seed_arms = set(args.extra_seeds_arms.split(",")) if args.extra_seeds_arms else set(arms)
-    (root / "study.json").write_text(json.dumps(vars(args), indent=2))
+    _record_study(root / "study.json", args)
 
     student = root / "student"
     if not (student / "distillkit-prune.json").is_file():

@@ -50,17 +50,19 @@ def load(study: Path) -> dict:
         runs[arm][int(seed)] = {"heldout": held, "figures": art.manifest.get("figures", {}), "metrics": metrics, "mixture": mix}
         traces.append((str(d), hashlib.sha256((d / "manifest.json").read_bytes()).hexdigest()[:16]))
     evals: dict[int, list[dict]] = {}
+    limits: set = set()
     for d in sorted(study.glob("eval-s*")):
         if d.name.endswith(".partial") or not (d / "manifest.json").is_file():
             continue
         art = read_artifact(d, "eval")
         evals[int(d.name.split("-s")[1])] = art.table("results.arrow").to_pylist()
+        limits.add(art.manifest["config"].get("limit"))
         traces.append((str(d), hashlib.sha256((d / "manifest.json").read_bytes()).hexdigest()[:16]))
     for name in ("score", "plan-flat", "plan-pocl"):
         m = study / name / "manifest.json"
         if m.is_file():
             traces.append((str(study / name), hashlib.sha256(m.read_bytes()).hexdigest()[:16]))
-    return {"runs": runs, "evals": evals, "traces": traces}
+    return {"runs": runs, "evals": evals, "eval_limits": sorted(limits, key=str), "traces": traces}
 
 
 def _per_seed(runs: dict, arm: str, domain: str, key: str) -> list[float]:
@@ -83,7 +85,8 @@ def summarize(study: Path, out: Path) -> str:
 
     data = load(study)
     runs, evals = data["runs"], data["evals"]
-    params = json.loads((study / "study.json").read_text()) if (study / "study.json").is_file() else {}
+    record = json.loads((study / "study.json").read_text()) if (study / "study.json").is_file() else {}
+    params = record.get("setting", record)  # run_study.py writes {"setting", "invocations"}
     arms = [a for a in ARMS if a in runs]
     lines: list[str] = []
     P = lines.append
@@ -136,7 +139,7 @@ def summarize(study: Path, out: Path) -> str:
     P("")
 
     if evals:
-        P(f"## lm-eval benchmarks (`limit` = {params.get('limit')} documents per task; accuracy, mean ± std over seeds)\n")
+        P(f"## lm-eval benchmarks (`limit` = {', '.join(map(str, data['eval_limits']))} documents per task; accuracy, mean ± std over seeds)\n")
         by: dict[tuple[str, str, str], list[float]] = defaultdict(list)
         for seed, rows in evals.items():
             for r in rows:
