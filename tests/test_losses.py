@@ -14,6 +14,7 @@ from distillkit.losses import (
     LinearHead,
     TaidSchedule,
     chunked_kd_and_ce,
+    chunked_kd_ce_objective,
     chunked_kd_loss,
     kd_loss,
     sparse_kd_loss,
@@ -300,6 +301,58 @@ def test_chunked_kd_and_ce_match_plain_for_any_mix():
     assert ce.item() == pytest.approx(ce_ref.item(), rel=1e-5)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("weights", [(0.3, 0.7), (1.0, 0.0), (0.0, 1.0), (0.5, 1.0)])
+@pytest.mark.parametrize("same_positions", [True, False])
+def test_weighted_objective_matches_plain_mix_values_and_gradients(weights, same_positions):
+    """The training step's path: one combined logit gradient per chunk, none for a zero weight."""
+    hidden, weight, bias, teacher, mask, V = _heads(seed=55)
+    labels = torch.randint(0, V, mask.shape, generator=torch.Generator().manual_seed(2))
+    if same_positions:  # as in training: KD and CE on exactly the positions with a target
+        labels[~mask] = -100
+    else:  # KD and CE on overlapping but different positions (chunks with only one of them)
+        labels[0, :3] = -100
+    student_logits = hidden @ weight.t() + bias
+    teacher_logits = teacher.hidden @ teacher.weight.t() + teacher.bias
+    kd_ref = kd_loss(student_logits, teacher_logits, mask, "fkl", vocab_size=V, temperature=2.0)
+    ce_ref = F.cross_entropy(student_logits[..., :V].reshape(-1, V), labels.reshape(-1), ignore_index=-100)
+    want = _grads(weights[0] * kd_ref + weights[1] * ce_ref, [hidden, weight, bias])
+    loss, kd, ce = chunked_kd_ce_objective(
+        hidden, weight, teacher, mask, labels, "fkl", weights=weights, student_bias=bias, vocab_size=V,
+        temperature=2.0, chunk_size=3,
+    )
+    assert not kd.requires_grad and not ce.requires_grad
+    assert kd.item() == pytest.approx(kd_ref.item(), rel=1e-5)
+    assert ce.item() == pytest.approx(ce_ref.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(weights[0] * kd_ref.item() + weights[1] * ce_ref.item(), rel=1e-5)
+    got = _grads(loss, [hidden, weight, bias])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+    # the separate-outputs path mixed afterwards agrees with the fused objective
+    kd2, ce2 = chunked_kd_and_ce(hidden, weight, teacher, mask, labels, "fkl", student_bias=bias, vocab_size=V,
+                                 temperature=2.0, chunk_size=3)
+    for g, w in zip(_grads(weights[0] * kd2 + weights[1] * ce2, [hidden, weight, bias]), got):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_weighted_objective_skips_the_gradient_of_a_zero_weight(monkeypatch):
+    """w_ce = 0 costs CE's value only: one accumulation into the head per chunk, not two."""
+    import distillkit.losses.fused as fused
+
+    calls = []
+    real = fused._accumulate
+    monkeypatch.setattr(fused, "_accumulate", lambda *a: (calls.append(1), real(*a))[1])
+    hidden, weight, bias, teacher, mask, V = _heads(seed=56)
+    labels = torch.randint(0, V, mask.shape, generator=torch.Generator().manual_seed(3))
+    labels[~mask] = -100
+    args = dict(student_bias=bias, vocab_size=V, chunk_size=4)
+    chunked_kd_ce_objective(hidden, weight, teacher, mask, labels, "fkl", weights=(1.0, 0.0), **args)[0].backward()
+    fused_calls, calls[:] = len(calls), []
+    kd, ce = chunked_kd_and_ce(hidden, weight, teacher, mask, labels, "fkl", **args)
+    (kd + 0.0 * ce).backward()
+    n_chunks = -(-int(mask.sum()) // 4)
+    assert fused_calls == n_chunks and len(calls) == 2 * n_chunks
 
 
 def test_chunked_without_trainable_inputs_computes_no_gradient():

@@ -7,6 +7,8 @@ Entry points (all return fp32 scalars, mean over unmasked positions, 0 for none)
 - `chunked_kd_loss(student_hidden, student_weight, teacher, mask, kind, ...)` and
   `chunked_kd_and_ce(...) -> (kd, ce)`: from hidden states + LM head, `chunk_size`
   positions of logits at a time; teacher = `LinearHead` or a `TeacherLogitsFn`.
+- `chunked_kd_ce_objective(..., weights=(w_kd, w_ce)) -> (loss, kd, ce)`: the same for a mix fixed
+  up front (a training step): one LM-head gradient pass per chunk, none for a zero weight.
 - `sparse_kd_loss(student, topk_ids, topk_logprobs, mask, kind, tail=...)`: offline top-k teacher.
 - `TaidSchedule`: the adaptive t for kind="taid".
 
@@ -16,7 +18,13 @@ loss = T² · D(p, q). See docs/losses.md.
 
 from distillkit.losses.dense import kd_loss
 from distillkit.losses.divergences import DIVERGENCES, Divergence
-from distillkit.losses.fused import LinearHead, TeacherLogitsFn, chunked_kd_and_ce, chunked_kd_loss
+from distillkit.losses.fused import (
+    LinearHead,
+    TeacherLogitsFn,
+    chunked_kd_and_ce,
+    chunked_kd_ce_objective,
+    chunked_kd_loss,
+)
 from distillkit.losses.sparse import TailMode, sparse_kd_loss
 from distillkit.losses.taid import TaidSchedule
 
@@ -28,6 +36,7 @@ __all__ = [
     "TaidSchedule",
     "TeacherLogitsFn",
     "chunked_kd_and_ce",
+    "chunked_kd_ce_objective",
     "chunked_kd_loss",
     "kd_loss",
     "sparse_kd_loss",

@@ -96,6 +96,9 @@ class _Job:
     labels: Tensor | None  # flat long [N], ignore_index where no CE
     ignore_index: int
     need_grad: bool  # grad mode on and some input requires grad (forward runs with grad mode off)
+    # None: outputs (kd, ce), each with its own gradient. (w_kd, w_ce): outputs (w_kd·kd + w_ce·ce, kd, ce),
+    # only the first differentiable -- one gradient accumulation per chunk, and none for a zero weight.
+    weights: tuple[float, float] | None = None
 
 
 def _accumulate(dz: Tensor, h: Tensor, pos: Tensor, weight: Tensor, grads: list[Tensor | None]) -> None:
@@ -109,6 +112,29 @@ def _accumulate(dz: Tensor, h: Tensor, pos: Tensor, weight: Tensor, grads: list[
         g_weight[:vocab].addmm_(dz.t(), h.float())
     if g_bias is not None:
         g_bias[:vocab] += dz.sum(0)
+
+
+def _chunk_dz(n: int, vocab: int, parts: list[tuple[float, Tensor | None, Tensor]]) -> Tensor | None:
+    """scale·dz of each part (rows `idx` of the chunk, None = all rows) summed into one [n, V] gradient.
+
+    Parts covering every row are scaled in place and added into the first such one, so the usual
+    case (KD and CE on the same positions) allocates nothing.
+    """
+    parts = [(s, idx, dz) for s, idx, dz in parts if s != 0.0]
+    if not parts:
+        return None
+    full = next((i for i, (_, idx, _) in enumerate(parts) if idx is None), None)
+    if full is not None:
+        s, _, out = parts.pop(full)
+        out.mul_(s)
+    else:
+        out = torch.zeros(n, vocab, dtype=parts[0][2].dtype, device=parts[0][2].device)
+    for s, idx, dz in parts:
+        if idx is None:
+            out.add_(dz, alpha=s)
+        else:
+            out.index_add_(0, idx, dz, alpha=s)
+    return out
 
 
 class _FusedHeadLoss(torch.autograd.Function):
@@ -126,11 +152,21 @@ class _FusedHeadLoss(torch.autograd.Function):
             ]
 
         with_ce = job.labels is not None
-        need_grad = job.need_grad
-        kd_grads = buffers() if need_grad else [None, None, None]
-        ce_grads = buffers() if need_grad and with_ce else [None, None, None]
-
         ce_keep = job.labels != job.ignore_index if with_ce else None
+        n_kd = max(int(job.kd_keep.sum()), 1)
+        n_ce = max(int(ce_keep.sum()), 1) if with_ce else 1
+        # Gradient groups: (scale of d kd_sum, scale of d ce_sum), each with its buffers. Separate outputs
+        # keep one group each; a weighted objective folds both into one, so each chunk is accumulated
+        # once. No dz has a non-zero scale in two groups: _chunk_dz may scale it in place.
+        if job.weights is None:
+            groups = [(1.0 / n_kd, 0.0), (0.0, 1.0 / n_ce)] if with_ce else [(1.0 / n_kd, 0.0)]
+        else:
+            w_kd, w_ce = job.weights
+            groups = [(w_kd / n_kd, w_ce / n_ce if with_ce else 0.0)]
+        grads = [buffers() if job.need_grad else [None, None, None] for _ in groups]
+        kd_grad = job.need_grad and any(a != 0.0 for a, _ in groups)
+        ce_grad = job.need_grad and with_ce and any(b != 0.0 for _, b in groups)
+
         wanted = job.kd_keep | ce_keep if with_ce else job.kd_keep
         positions = wanted.nonzero().squeeze(1)
         kd_total = torch.zeros((), **f32)
@@ -140,67 +176,88 @@ class _FusedHeadLoss(torch.autograd.Function):
             pos = positions[start : start + job.chunk_size]
             h = hidden.index_select(0, pos)
             z = _head_logits(h, weight, bias, vocab)
+            dz_kd = dz_ce = idx_kd = idx_ce = None
 
             kd_local = job.kd_keep[pos]
             if bool(kd_local.any()):
-                every = bool(kd_local.all())
-                idx = None if every else kd_local.nonzero().squeeze(1)
-                zk = (z if every else z.index_select(0, idx)).detach().requires_grad_(need_grad)
-                pk = pos if every else pos.index_select(0, idx)
-                with torch.enable_grad():
+                idx_kd = None if bool(kd_local.all()) else kd_local.nonzero().squeeze(1)
+                zk = (z if idx_kd is None else z.index_select(0, idx_kd)).detach().requires_grad_(kd_grad)
+                pk = pos if idx_kd is None else pos.index_select(0, idx_kd)
+                with torch.enable_grad() if kd_grad else torch.no_grad():
                     rows_sum = job.kd_rows(zk, pk).sum()
                 kd_total += rows_sum.detach()
-                if need_grad and rows_sum.requires_grad:
-                    (dz,) = torch.autograd.grad(rows_sum, zk)
-                    _accumulate(dz, h if every else h.index_select(0, idx), pk, weight, kd_grads)
-                    del dz
+                if kd_grad and rows_sum.requires_grad:
+                    (dz_kd,) = torch.autograd.grad(rows_sum, zk)
                 del zk, rows_sum
 
             if with_ce:
                 ce_local = ce_keep[pos]
                 if bool(ce_local.any()):
-                    every = bool(ce_local.all())
-                    idx = None if every else ce_local.nonzero().squeeze(1)
+                    idx_ce = None if bool(ce_local.all()) else ce_local.nonzero().squeeze(1)
                     # z is not needed after this, so the CE gradient may overwrite it.
-                    zc = z if every else z.index_select(0, idx)
-                    pc = pos if every else pos.index_select(0, idx)
+                    zc = z if idx_ce is None else z.index_select(0, idx_ce)
+                    pc = pos if idx_ce is None else pos.index_select(0, idx_ce)
                     target = job.labels[pc].unsqueeze(1)
                     lse = torch.logsumexp(zc, dim=-1, keepdim=True)
                     ce_total += (lse - zc.gather(1, target)).sum()
-                    if need_grad:
+                    if ce_grad:
                         # d CE / d logits = softmax - onehot, computed in place.
-                        dz = zc.sub_(lse).exp_()
-                        dz.scatter_add_(1, target, torch.full_like(target, -1.0, dtype=dz.dtype))
-                        _accumulate(dz, h if every else h.index_select(0, idx), pc, weight, ce_grads)
+                        dz_ce = zc.sub_(lse).exp_()
+                        dz_ce.scatter_add_(1, target, torch.full_like(target, -1.0, dtype=dz_ce.dtype))
                     del zc
-            del z, h
+            del z
 
-        n_kd = max(int(job.kd_keep.sum()), 1)
-        n_ce = max(int(ce_keep.sum()), 1) if with_ce else 1
-        for g in kd_grads:
-            if g is not None:
-                g.div_(n_kd)
-        for g in ce_grads:
-            if g is not None:
-                g.div_(n_ce)
+            if dz_kd is not None or dz_ce is not None:
+                for (a, b), bufs in zip(groups, grads):
+                    parts = [(a, idx_kd, dz_kd)] if dz_kd is not None else []
+                    if dz_ce is not None:
+                        parts.append((b, idx_ce, dz_ce))
+                    dz = _chunk_dz(pos.numel(), vocab, parts)
+                    if dz is not None:
+                        _accumulate(dz, h, pos, weight, bufs)
+                    del dz
+            del dz_kd, dz_ce, h
+
+        kd, ce = kd_total / n_kd, ce_total / n_ce
         ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
-        ctx.save_for_backward(*kd_grads, *ce_grads)
-        return kd_total / n_kd, ce_total / n_ce
+        ctx.save_for_backward(*[g for bufs in grads for g in bufs])
+        ctx.n_groups = len(groups)
+        if job.weights is None:
+            return kd, ce
+        ctx.mark_non_differentiable(kd, ce)
+        w_kd, w_ce = job.weights
+        return w_kd * kd + (w_ce * ce if with_ce else 0.0), kd, ce
 
     @staticmethod
-    def backward(ctx, grad_kd: Tensor, grad_ce: Tensor):  # type: ignore[override]
+    def backward(ctx, *grad_outputs: Tensor):  # type: ignore[override]
         saved = ctx.saved_tensors
-        kd_grads, ce_grads = saved[:3], saved[3:]
         out: list[Tensor | None] = []
-        for g_kd, g_ce, dtype in zip(kd_grads, ce_grads, ctx.dtypes):
+        for i, dtype in enumerate(ctx.dtypes):
             g = None
-            # In place: the buffers are ours, and a second backward fails loudly on the version check.
-            if g_kd is not None:
-                g = g_kd.mul_(grad_kd)
-            if g_ce is not None:
-                g = g_ce.mul_(grad_ce) if g is None else g.add_(g_ce.mul_(grad_ce))
+            for k in range(ctx.n_groups):
+                buf = saved[3 * k + i]
+                if buf is None:
+                    continue
+                # In place: the buffers are ours, and a second backward fails loudly on the version check.
+                buf = buf.mul_(grad_outputs[k])
+                g = buf if g is None else g.add_(buf)
             out.append(g.to(dtype) if g is not None else None)
         return out[0], out[1], out[2], None
+
+
+def _check_head(hidden: Tensor, weight: Tensor, bias: Tensor | None, chunk_size: int) -> bool:
+    """Validate the shapes; True when a gradient is wanted."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be ≥ 1 position, got {chunk_size}")
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"student hidden {tuple(hidden.shape)} and lm_head weight {tuple(weight.shape)} do not fit "
+            "(expected [N, H] and [V, H])"
+        )
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"student bias has shape {tuple(bias.shape)}, expected ({weight.shape[0]},)")
+    trainable = hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    return torch.is_grad_enabled() and trainable
 
 
 def fused_head_losses(
@@ -216,18 +273,34 @@ def fused_head_losses(
     ignore_index: int = -100,
 ) -> tuple[Tensor, Tensor]:
     """(mean KD over kd_keep, mean CE over labels != ignore_index) from hidden [N, H] and the head."""
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be ≥ 1 position, got {chunk_size}")
-    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(
-            f"student hidden {tuple(hidden.shape)} and lm_head weight {tuple(weight.shape)} do not fit "
-            "(expected [N, H] and [V, H])"
-        )
-    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(f"student bias has shape {tuple(bias.shape)}, expected ({weight.shape[0]},)")
-    trainable = hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-    need_grad = torch.is_grad_enabled() and trainable
+    need_grad = _check_head(hidden, weight, bias, chunk_size)
     job = _Job(vocab_size, int(chunk_size), kd_keep, kd_rows, labels, ignore_index, need_grad)
+    return _FusedHeadLoss.apply(hidden, weight, bias, job)
+
+
+def fused_head_objective(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    kd_keep: Tensor,
+    kd_rows: RowsFn,
+    *,
+    weights: tuple[float, float],
+    vocab_size: int,
+    chunk_size: int,
+    labels: Tensor | None = None,
+    ignore_index: int = -100,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(w_kd·kd + w_ce·ce, kd, ce): as `fused_head_losses`, for a fixed mix known up front.
+
+    Only the objective carries a gradient (kd and ce are values for logging). Each chunk's two
+    logit gradients are summed before they meet the LM head, so a step does one pair of
+    [c, V] × [V, H] products per chunk instead of two, and a zero weight skips that term's
+    gradient altogether (CE at λ = 1 costs only its log-sum-exp).
+    """
+    need_grad = _check_head(hidden, weight, bias, chunk_size)
+    w_kd, w_ce = (float(w) for w in weights)
+    job = _Job(vocab_size, int(chunk_size), kd_keep, kd_rows, labels, ignore_index, need_grad, (w_kd, w_ce))
     return _FusedHeadLoss.apply(hidden, weight, bias, job)
 
 
@@ -311,8 +384,31 @@ def chunked_kd_and_ce(
                     temperature, chunk_size, ignore_index, params)
 
 
+def chunked_kd_ce_objective(
+    student_hidden: Tensor,
+    student_weight: Tensor,
+    teacher: LinearHead | TeacherLogitsFn,
+    mask: Tensor | None,
+    labels: Tensor,
+    kind: Divergence = "fkl",
+    *,
+    weights: tuple[float, float],
+    student_bias: Tensor | None = None,
+    vocab_size: int | None = None,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    ignore_index: int = -100,
+    **params: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(w_kd·kd + w_ce·ce, kd, ce) with weights = (w_kd, w_ce): `chunked_kd_and_ce` for a mix fixed up
+    front (a training step), about one LM-head gradient pass cheaper per chunk; only the first output
+    is differentiable (see `fused_head_objective`)."""
+    return _chunked(student_hidden, student_weight, teacher, mask, labels, kind, student_bias, vocab_size,
+                    temperature, chunk_size, ignore_index, params, weights)
+
+
 def _chunked(student_hidden, student_weight, teacher, mask, labels, kind, student_bias, vocab_size,
-             temperature, chunk_size, ignore_index, params) -> tuple[Tensor, Tensor]:
+             temperature, chunk_size, ignore_index, params, weights=None) -> tuple[Tensor, ...]:
     params_ = resolve_params(kind, params)
     temperature = check_temperature(temperature)
     hidden, lead = _flat_hidden(student_hidden)
@@ -334,5 +430,9 @@ def _chunked(student_hidden, student_weight, teacher, mask, labels, kind, studen
     def kd_rows(z: Tensor, pos: Tensor) -> Tensor:
         return tempered_rows(z, teacher_logits(pos), kind, temperature, params_)
 
+    if weights is not None:
+        return fused_head_objective(hidden, student_weight, student_bias, kd_keep, kd_rows, weights=weights,
+                                    vocab_size=vocab, chunk_size=chunk_size, labels=flat_labels,
+                                    ignore_index=ignore_index)
     return fused_head_losses(hidden, student_weight, student_bias, kd_keep, kd_rows, vocab_size=vocab,
                              chunk_size=chunk_size, labels=flat_labels, ignore_index=ignore_index)

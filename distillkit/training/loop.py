@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillkit.errors import DistillkitError
-from distillkit.losses import LinearHead, chunked_kd_and_ce, chunked_kd_loss, kd_loss, sparse_kd_loss
+from distillkit.losses import LinearHead, chunked_kd_ce_objective, chunked_kd_loss, kd_loss, sparse_kd_loss
 from distillkit.losses.divergences import check_temperature, resolve_params
-from distillkit.losses.fused import fused_head_losses
+from distillkit.losses.fused import fused_head_objective
 from distillkit.losses.sparse import sparse_rows
 from distillkit.training import checkpoint as ckpt
 from distillkit.training import distributed as D
@@ -48,8 +48,9 @@ class LossSpec:
     chunk_size: int = 1024
     tail: Literal["bucket", "renorm"] = "bucket"  # offline top-k tail handling
 
-    def combine(self, kd: torch.Tensor, ce: torch.Tensor, lam: float) -> torch.Tensor:
-        return (1.0 - lam) * ce + lam * kd if self.form == "pocl" else ce + lam * kd
+    def weights(self, lam: float) -> tuple[float, float]:
+        """(w_kd, w_ce) of the step's objective w_kd·KD + w_ce·CE at KD weight λ."""
+        return (lam, 1.0 - lam) if self.form == "pocl" else (lam, 1.0)
 
 
 class StudentLoss(nn.Module):
@@ -57,7 +58,9 @@ class StudentLoss(nn.Module):
 
     ``teacher`` is a `LinearHead` of the teacher's hidden states (chunked path), full teacher
     logits (plain path), or None for a stored top-k teacher (``batch.topk_*``). Train mode returns
-    the micro-batch's mean (kd, ce); eval mode (under no_grad) returns summed (nll, kl).
+    the micro-batch's (objective, kd, ce) -- means, objective = w_kd·kd + w_ce·ce for
+    ``spec.weights(kd_weight)``, the only one with a gradient on the chunked path; eval mode
+    (under no_grad) returns summed (nll, kl).
     """
 
     def __init__(self, student: nn.Module, spec: LossSpec) -> None:
@@ -66,17 +69,18 @@ class StudentLoss(nn.Module):
         self.spec = spec
 
     def forward(self, batch: Batch, teacher: Any, temperature: float = 1.0, params: dict[str, float] | None = None,
-                mode: str = "train", with_kl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                mode: str = "train", with_kl: bool = False, kd_weight: float = 1.0) -> tuple[torch.Tensor, ...]:
         hidden = self.student.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
         head = self.student.get_output_embeddings()
         weight, bias = head.weight, getattr(head, "bias", None)
         if mode == "eval":
             return self._eval(hidden, weight, bias, batch, teacher, with_kl)
         s, labels, mask, vocab = self.spec, batch.labels, batch.labels != IGNORE, self.spec.vocab_size
-        params = {**s.params, **(params or {})}
+        params, weights = {**s.params, **(params or {})}, s.weights(kd_weight)
         if s.impl == "chunked" and batch.topk_ids is None:
-            return chunked_kd_and_ce(hidden, weight, teacher, mask, labels, s.kind, student_bias=bias, vocab_size=vocab,
-                                     temperature=temperature, chunk_size=s.chunk_size, **params)
+            return chunked_kd_ce_objective(hidden, weight, teacher, mask, labels, s.kind, weights=weights,
+                                           student_bias=bias, vocab_size=vocab, temperature=temperature,
+                                           chunk_size=s.chunk_size, **params)
         if s.impl == "chunked":  # stored top-k teacher: sparse KD rows and CE from the same logits chunks
             p, t = resolve_params(s.kind, params), check_temperature(temperature)
             ids = batch.topk_ids.reshape(-1, batch.topk_ids.shape[-1])
@@ -85,8 +89,9 @@ class StudentLoss(nn.Module):
             def rows(z: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
                 return sparse_rows(z, ids[pos], lps[pos], s.kind, t, p, s.tail, 1e-6)
 
-            return fused_head_losses(hidden.reshape(-1, hidden.shape[-1]), weight, bias, mask.reshape(-1), rows,
-                                     vocab_size=vocab, chunk_size=s.chunk_size, labels=labels.reshape(-1))
+            return fused_head_objective(hidden.reshape(-1, hidden.shape[-1]), weight, bias, mask.reshape(-1), rows,
+                                        weights=weights, vocab_size=vocab, chunk_size=s.chunk_size,
+                                        labels=labels.reshape(-1))
         logits = F.linear(hidden, weight, bias)  # the plain path: full logits (for comparison and small vocabularies)
         if batch.topk_ids is None:
             kd = kd_loss(logits, teacher, mask, s.kind, temperature=temperature, vocab_size=vocab, **params)
@@ -95,7 +100,7 @@ class StudentLoss(nn.Module):
                                 tail=s.tail, vocab_size=vocab, **params)
         flat = logits[..., :vocab].reshape(-1, vocab).float()
         ce = F.cross_entropy(flat, labels.reshape(-1), ignore_index=IGNORE) if batch.num_targets else flat.sum() * 0.0
-        return kd, ce
+        return weights[0] * kd + weights[1] * ce, kd, ce
 
     def _eval(self, hidden, weight, bias, batch: Batch, teacher, with_kl: bool) -> tuple[torch.Tensor, torch.Tensor]:
         vocab, chunk = self.spec.vocab_size, self.spec.chunk_size
@@ -232,8 +237,8 @@ def train(run: TrainRun, resume_from=None) -> TrainRun:
                 sync = m == run.grad_accum - 1 or not hasattr(run.model, "no_sync")
                 with contextlib.nullcontext() if sync else run.model.no_sync():
                     with torch.autocast(device_type, dtype=run.autocast or torch.bfloat16, enabled=run.autocast is not None):
-                        kd, ce = run.model(batch, teacher, stage.temperature, extra_params)
-                        loss = run.spec.combine(kd, ce, stage.kd_weight)
+                        loss, kd, ce = run.model(batch, teacher, stage.temperature, extra_params,
+                                                 kd_weight=stage.kd_weight)
                     share = batch.num_targets / n_global
                     (loss * (share * dist.world_size)).backward()  # DDP/FSDP2 average over ranks: undo the 1/N
                 sums += torch.stack([loss.detach(), kd.detach(), ce.detach()]).double() * share
