@@ -1,7 +1,7 @@
 """Memory and time of one distillation training step: the plain loss vs the chunked LM-head-fused loss.
 
 A step is what `distillkit train` does per micro-batch: teacher forward (no_grad) -> its hidden
-states; student forward; loss = (1-λ)·CE + λ·FKL; backward. "plain" builds both models' full
+states; student forward; loss = (1-λ)·CE + λ·FKL (`--kd-weight` λ); backward. "plain" builds both models' full
 [B, L, V] fp32 logits; "chunked" (train's default) computes them `chunk` positions at a time from
 the hidden states and LM heads (distillkit.losses.chunked_kd_and_ce). The optimizer step is left
 out: it costs the same in both.
@@ -15,6 +15,8 @@ Time is the median of the following steps.
     python bench/bench_train.py --teacher smollm2-135m --student runs/train-demo/student --batch 4 --seq-len 128
     # SmolLM2-shaped random models on a GPU, long sequences
     python bench/bench_train.py --shape smollm2 --device cuda --batch 8 --seq-len 2048
+    # where a step's time goes (torch.profiler; phases are distillkit's record_function labels)
+    python bench/bench_train.py --impls chunked:1024 --kd-weight 1 --threads 1 --profile 2
 """
 
 from __future__ import annotations
@@ -92,11 +94,21 @@ def run_case(case: dict) -> dict:
     source, _ = teacher_sources(teacher, case["impl"])
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and case["bf16"])
 
+    from torch.profiler import record_function
+
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5, foreach=True) if case["profile"] else None
+
     def step() -> float:
         student.zero_grad(set_to_none=True)
+        with record_function("distillkit.teacher_forward"):
+            teacher_in = source(batch)
         with autocast:
-            loss, kd, ce = module(batch, source(batch), 1.0, {}, kd_weight=0.7)
-        loss.backward()
+            loss, kd, ce = module(batch, teacher_in, 1.0, {}, kd_weight=case["kd_weight"])
+        with record_function("distillkit.backward"):
+            loss.backward()
+        if optimizer is not None:
+            with record_function("distillkit.optimizer"):
+                optimizer.step()
         if cuda:
             torch.cuda.synchronize()
         return float(loss)
@@ -132,8 +144,33 @@ def run_case(case: dict) -> dict:
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    return {**case, "loss": loss, "before_mb": before / 2**20, "peak_delta_mb": peak_delta / 2**20,
-            "first_s": first, "step_s": float(np.median(times)) if times else first}
+    out = {**case, "loss": loss, "before_mb": before / 2**20, "peak_delta_mb": peak_delta / 2**20,
+           "first_s": first, "step_s": float(np.median(times)) if times else first}
+    if case["profile"]:
+        out["profile"] = _profile(step, case["profile"])
+    return out
+
+
+def _profile(step, steps: int) -> str:
+    """Where a step's time goes (torch.profiler, CPU): distillkit's phases, then the top operators."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    events = prof.key_averages()
+    phases = {e.key: e.cpu_time_total / 1e6 / steps for e in events if e.key.startswith("distillkit.")}
+    total = sum(phases.values())  # the phases do not nest
+    lines = [f"profile: {steps} step(s) incl. AdamW; wall time per step by phase (s):"]
+    for k in ("distillkit.teacher_forward", "distillkit.student_forward", "distillkit.loss", "distillkit.backward",
+              "distillkit.optimizer"):
+        if k in phases:
+            lines.append(f"  {k[11:]:<18}{phases[k]:>8.3f}  {100 * phases[k] / total:5.1f} %")
+    lines.append(f"  {'sum':<18}{total:>8.3f}")
+    lines.append("top operators by self CPU time per step (s):")
+    for e in sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:12]:
+        lines.append(f"  {e.key[:40]:<42}{e.self_cpu_time_total / 1e6 / steps:>8.3f}  calls/step {e.count // steps}")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -149,6 +186,9 @@ def main() -> None:
     ap.add_argument("--impls", default="plain,chunked:1024,chunked:128", help="comma list of plain | chunked:CHUNK")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--kd-weight", type=float, default=0.7, help="λ: loss = (1-λ)·CE + λ·FKL (1 = KD only)")
+    ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                    help="after timing, profile STEPS more steps (with an AdamW step) and print where the time goes")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -159,7 +199,7 @@ def main() -> None:
         name, _, chunk = impl.partition(":")
         case = {"impl": name, "chunk": int(chunk or 1024), "teacher": args.teacher, "student": args.student, "shape": args.shape,
                 "vocab": args.vocab, "batch": args.batch, "seq_len": args.seq_len, "device": args.device, "bf16": args.bf16,
-                "repeats": args.repeats, "threads": args.threads}
+                "repeats": args.repeats, "threads": args.threads, "kd_weight": args.kd_weight, "profile": args.profile}
         out = subprocess.run([sys.executable, __file__, "--child", json.dumps(case)], capture_output=True, text=True, cwd=ROOT)
         if out.returncode:
             sys.exit(f"case {impl} failed:\n{out.stderr[-3000:]}")
@@ -171,6 +211,9 @@ def main() -> None:
     for r in rows:
         label = r["impl"] + (f":{r['chunk']}" if r["impl"] == "chunked" else "")
         print(f"{label:<16}{r['loss']:>10.4f}{r['before_mb']:>18,.0f}{r['peak_delta_mb']:>15,.0f}{r['first_s']:>9.2f}{r['step_s']:>9.2f}")
+    for r in rows:
+        if r.get("profile"):
+            print(f"\n[{r['impl']}:{r['chunk']}] " + r["profile"])
 
 
 if __name__ == "__main__":

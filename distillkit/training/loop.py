@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from distillkit.errors import DistillkitError
 from distillkit.losses import LinearHead, chunked_kd_ce_objective, chunked_kd_loss, kd_loss, sparse_kd_loss
@@ -70,7 +71,13 @@ class StudentLoss(nn.Module):
 
     def forward(self, batch: Batch, teacher: Any, temperature: float = 1.0, params: dict[str, float] | None = None,
                 mode: str = "train", with_kl: bool = False, kd_weight: float = 1.0) -> tuple[torch.Tensor, ...]:
-        hidden = self.student.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+        with record_function("distillkit.student_forward"):
+            hidden = self.student.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+        with record_function("distillkit.loss"):
+            return self._loss(hidden, batch, teacher, temperature, params, mode, with_kl, kd_weight)
+
+    def _loss(self, hidden, batch: Batch, teacher: Any, temperature: float, params: dict[str, float] | None,
+              mode: str, with_kl: bool, kd_weight: float) -> tuple[torch.Tensor, ...]:
         head = self.student.get_output_embeddings()
         weight, bias = head.weight, getattr(head, "bias", None)
         if mode == "eval":
@@ -233,14 +240,16 @@ def train(run: TrainRun, resume_from=None) -> TrainRun:
             sums = torch.zeros(3, dtype=torch.float64, device=dist.device)  # loss, kd, ce (token-weighted)
             for m in range(run.grad_accum):
                 batch = collate(run.seqs, mine[m * micro : (m + 1) * micro], run.pad_id, dist.device, run.topk)
-                teacher = run.teacher_input(batch)
+                with record_function("distillkit.teacher_forward"):
+                    teacher = run.teacher_input(batch)
                 sync = m == run.grad_accum - 1 or not hasattr(run.model, "no_sync")
                 with contextlib.nullcontext() if sync else run.model.no_sync():
                     with torch.autocast(device_type, dtype=run.autocast or torch.bfloat16, enabled=run.autocast is not None):
                         loss, kd, ce = run.model(batch, teacher, stage.temperature, extra_params,
                                                  kd_weight=stage.kd_weight)
                     share = batch.num_targets / n_global
-                    (loss * (share * dist.world_size)).backward()  # DDP/FSDP2 average over ranks: undo the 1/N
+                    with record_function("distillkit.backward"):
+                        (loss * (share * dist.world_size)).backward()  # DDP/FSDP2 average over ranks: undo the 1/N
                 sums += torch.stack([loss.detach(), kd.detach(), ce.detach()]).double() * share
             D.all_reduce_sum(sums, dist)
             loss_v, kd_v, ce_v = (float(x) for x in sums.cpu())
@@ -253,7 +262,8 @@ def train(run: TrainRun, resume_from=None) -> TrainRun:
                     f"lr {lr:.3g}); training stopped before the optimizer step; {where}. Lower --lr (or --max-grad-norm) "
                     "and rerun with --overwrite; --resume continues from that checkpoint with the same settings"
                 )
-            optimizer.step()
+            with record_function("distillkit.optimizer"):
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             run.step += 1
             if run.taid is not None:
