@@ -158,7 +158,7 @@ def run_distillkit(case: dict) -> dict:
             "--kd-weight", "1", "--temperature", "1", "--mixture", "uniform", "--save-every", "0", "--seed", "0",
             "--device", "cpu", "--set", "eval_heldout=false", "--set", "teacher_dtype=float32",
             "--set", "precision=fp32", "--set", "weight_decay=0", "--set", "max_grad_norm=1.0",
-            "--set", f"log_every={total}"]
+            "--set", f"log_every={total}", "--teacher-mode", case.get("teacher_mode", "online")]
     try:
         app(args, standalone_mode=False)
     except SystemExit as e:
@@ -340,6 +340,8 @@ def main() -> None:
     ap.add_argument("--matmul-n-bf16", type=int, default=1024, help="bf16 size (CPUs without bf16 units run it ~50× slower)")
     ap.add_argument("--matmul-reps", type=int, default=5)
     ap.add_argument("--keep", action="store_true", help="keep each distillkit run's checkpoint and student")
+    ap.add_argument("--offline", action="store_true",
+                    help="add a third arm: distillkit with --teacher-mode offline (the plan's scores must hold top-k)")
     ap.add_argument("--case", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.case:
@@ -357,7 +359,7 @@ def main() -> None:
     print(f"matmul ({mm['threads']} threads, best of {a.matmul_reps}): fp32 {a.matmul_n}² {mm['fp32']['best_gflops']:.1f} GFLOP/s "
           f"(median {mm['fp32']['median_gflops']:.1f}), bf16 {a.matmul_n_bf16}² {mm['bf16']['best_gflops']:.1f} GFLOP/s "
           f"(median {mm['bf16']['median_gflops']:.1f})", flush=True)
-    runs: dict[str, list[dict]] = {"distillkit": [], "trl": []}
+    runs: dict[str, list[dict]] = {"distillkit": [], "trl": []} | ({"offline": []} if a.offline else {})
     for r in range(a.repeats):
         dk_out = out / f"distillkit-{r}"
         res = spawn({**base, "kind": "distillkit", "out": str(dk_out), "count_params": r == 0}, out / f"distillkit-{r}.log")
@@ -371,6 +373,15 @@ def main() -> None:
                 shutil.rmtree(dk_out / sub, ignore_errors=True)
         print(f"run {r} trl:        median {statistics.median(res['s_per_step']):.2f} s/step "
               f"(steps {' '.join('%.1f' % x for x in res['s_per_step'])}), loss {['%.4f' % x for x in res['loss'][:3]]}", flush=True)
+        if a.offline:  # same plan and seed, so the same batches; stored top-k teacher, no teacher forward
+            off_out = out / f"offline-{r}"
+            res = spawn({**base, "kind": "distillkit", "out": str(off_out), "teacher_mode": "offline"}, out / f"offline-{r}.log")
+            runs["offline"].append(res)
+            for sub in ("student", "checkpoints"):
+                shutil.rmtree(off_out / sub, ignore_errors=True)
+            print(f"run {r} offline:    median {statistics.median(res['s_per_step']):.2f} s/step "
+                  f"(steps {' '.join('%.1f' % x for x in res['s_per_step'])}), loss {['%.4f' % x for x in res['loss'][:3]]}",
+                  flush=True)
 
     peak = {k: mm[k]["best_gflops"] * 1e9 for k in ("fp32", "bf16")}
     n_s, n_t = runs["distillkit"][0]["n_student"], runs["distillkit"][0]["n_teacher"]
@@ -382,7 +393,9 @@ def main() -> None:
         tps = tgt / sum(dts)
         rows[name] = {"s_step": statistics.median(dts), "spread": (min(dts), max(dts)), "tps": tps,
                       "rss": max(r["ru_maxrss_mb"] for r in rs), "rss_steps": max(r["peak_rss_steps_mb"] for r in rs),
-                      "mfu32": flops_per_token * tps / peak["fp32"], "mfu16": flops_per_token * tps / peak["bf16"],
+                      # offline: no teacher forward, so only the student's 6·N per token counts
+                      "mfu32": (6 * n_s if name == "offline" else flops_per_token) * tps / peak["fp32"],
+                      "mfu16": (6 * n_s if name == "offline" else flops_per_token) * tps / peak["bf16"],
                       "loss": rs[0]["loss"][0] if rs[0]["loss"] else float("nan"), "threads": rs[0]["threads"]}
     print()
     print(f"{a.batch} × ≤{a.seq_len} tokens, {a.warmup} warm-up + {a.steps} timed steps × {a.repeats} runs each, fp32, "
@@ -396,6 +409,11 @@ def main() -> None:
     d, t = rows["distillkit"], rows["trl"]
     print(f"distillkit/trl: tokens/s ×{d['tps'] / t['tps']:.2f}, s/step ×{d['s_step'] / t['s_step']:.2f}, "
           f"ru_maxrss ×{d['rss'] / t['rss']:.2f}, step RSS ×{d['rss_steps'] / t['rss_steps']:.2f}")
+    if "offline" in rows:
+        o = rows["offline"]
+        print(f"offline/online (distillkit): tokens/s ×{o['tps'] / d['tps']:.2f}, ru_maxrss ×{o['rss'] / d['rss']:.2f}; "
+              f"offline/trl: tokens/s ×{o['tps'] / t['tps']:.2f} (offline KD is on the stored top-k, not the full teacher "
+              "distribution: the step-1 KL column differs by design)")
     print(f"peak used for MFU: fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s (measured above)"
           + ("; bf16 is the slower dtype on this machine, so 'MFU bf16' (> 100 %) only says both trainers are right to stay in fp32"
              if peak["bf16"] < peak["fp32"] else ""))
