@@ -105,11 +105,16 @@ def _accumulate(dz: Tensor, h: Tensor, pos: Tensor, weight: Tensor, grads: list[
     """Fold d(loss)/d(logits) [c, V] of one chunk into the hidden/weight/bias gradient buffers."""
     g_hidden, g_weight, g_bias = grads
     vocab = dz.shape[1]
+    # Same dtype rule as autograd on the plain path: the logits' gradient meets the head in its dtype
+    # (a bf16 head: bf16 matmuls, summed over chunks in fp32).
+    dz_w = dz if weight.dtype == dz.dtype else dz.to(weight.dtype)
     if g_hidden is not None:
-        # Same dtype rule as autograd on the plain path: the logits' gradient meets the weight in its dtype.
-        g_hidden.index_add_(0, pos, (dz.to(weight.dtype) @ weight[:vocab]).float())
+        g_hidden.index_add_(0, pos, (dz_w @ weight[:vocab]).float())
     if g_weight is not None:
-        g_weight[:vocab].addmm_(dz.t(), h.float())
+        if dz_w is dz:
+            g_weight[:vocab].addmm_(dz.t(), h.to(dz.dtype))
+        else:
+            g_weight[:vocab] += dz_w.t() @ h.to(weight.dtype)
     if g_bias is not None:
         g_bias[:vocab] += dz.sum(0)
 
