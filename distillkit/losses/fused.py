@@ -220,7 +220,7 @@ class _FusedHeadLoss(torch.autograd.Function):
                     dz = _chunk_dz(pos.numel(), vocab, parts)
                     if dz is not None:
                         _accumulate(dz, h, pos, weight, bufs)
-                    del dz
+                    del dz, parts  # parts holds dz_kd: keep it from living into the next chunk
             del dz_kd, dz_ce, h
 
         kd, ce = kd_total / n_kd, ce_total / n_ce
