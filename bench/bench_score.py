@@ -1,6 +1,9 @@
 """Scoring throughput: distillkit's hf engine vs a plain batched transformers forward, same batches.
 
     python bench/bench_score.py --model smollm2-135m --docs 64 --max-length 256 --dtype bfloat16
+    # on a GPU without the model files: a random SmolLM2-135M-shaped model (V 49,152), the demo
+    # documents' lengths under the tiny-random tokenizer, random token ids
+    python bench/bench_score.py --shape smollm2 --device cuda --docs 512 --max-length 1024 --dtype bfloat16
 
 Both paths see identical length-sorted, padded batches. The plain path is `model(ids, attention_mask).logits`
 followed by log_softmax + gather of the targets (what a user would write); the engine adds chunked
@@ -24,6 +27,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--shape", choices=["smollm2"], help="a random model of this shape instead of --model")
     args = ap.parse_args()
 
     import torch
@@ -35,11 +40,28 @@ def main() -> None:
 
     ds = load_data(DataSpec(resolve_data(args.data)))
     texts = ds.table.column("text").to_pylist()[:: max(1, ds.table.num_rows // args.docs)][: args.docs]
-    mdir = resolve_model(args.model)
-    tok = load_tokenizer(str(mdir))
-    seqs = [ids[: args.max_length] for ids in tok(texts)["input_ids"]]
-    model = load_model(str(mdir), dtype=args.dtype)
-    engine = HFEngine(str(mdir), model=model, batch_tokens=args.batch_tokens, vocab_size=len(tok))
+    cuda = args.device.startswith("cuda")
+    if args.shape:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        tok = load_tokenizer(str(resolve_model("tiny-random")))
+        vocab = 49152
+        g = torch.Generator().manual_seed(0)
+        seqs = [torch.randint(0, vocab, (min(len(ids), args.max_length),), generator=g).tolist()
+                for ids in tok(texts)["input_ids"]]
+        torch.manual_seed(0)
+        cfg = LlamaConfig(vocab_size=vocab, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                          num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                          tie_word_embeddings=True)
+        model = LlamaForCausalLM(cfg).to(dtype=getattr(torch, args.dtype), device=args.device).eval()
+        mdir = "random"
+    else:
+        mdir = resolve_model(args.model)
+        tok = load_tokenizer(str(mdir))
+        vocab = len(tok)
+        seqs = [ids[: args.max_length] for ids in tok(texts)["input_ids"]]
+        model = load_model(str(mdir), dtype=args.dtype, device=args.device)
+    engine = HFEngine(str(mdir), model=model, batch_tokens=args.batch_tokens, vocab_size=vocab, device=args.device)
     batches = length_sorted_batches([len(s) for s in seqs], args.batch_tokens)
     ntok = sum(len(s) for s in seqs)
 
@@ -51,23 +73,32 @@ def main() -> None:
             for r, i in enumerate(b):
                 ids[r, : len(seqs[i])] = torch.tensor(seqs[i])
                 mask[r, : len(seqs[i])] = 1
+            ids, mask = ids.to(args.device), mask.to(args.device)
             with torch.inference_mode():
                 logits = model(input_ids=ids, attention_mask=mask).logits
                 lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None])
-            lp.numpy()
+            lp.cpu().numpy()
 
     def eng() -> None:
         engine.score(seqs, args.top_k)
 
+    def timed(fn) -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
     eng()  # warm-up (allocator, kernels)
+    plain()
     times = {"plain": [], "engine": []}
     for _ in range(args.repeats):
         for name, fn in (("plain", plain), ("engine", eng)):
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
+            times[name].append(timed(fn))
     best = {k: min(v) for k, v in times.items()}
-    print(f"model={args.model} dtype={args.dtype} docs={len(seqs)} tokens={ntok} batches={len(batches)} "
+    print(f"model={args.shape or args.model} device={args.device} dtype={args.dtype} docs={len(seqs)} tokens={ntok} batches={len(batches)} "
           f"batch_tokens={args.batch_tokens} top_k={args.top_k} threads={torch.get_num_threads()}")
     for k in ("plain", "engine"):
         print(f"{k:>7}: {ntok / best[k]:8.1f} tok/s  (best of {args.repeats}: {best[k]:.2f} s; all: "

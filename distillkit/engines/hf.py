@@ -42,7 +42,7 @@ class HFEngine:
         model=None,
         device: str | None = None,
         vocab_size: int | None = None,
-        position_chunk: int = 256,
+        position_chunk: int | None = None,
     ) -> None:
         import torch
 
@@ -53,7 +53,9 @@ class HFEngine:
         self.model.eval()
         self.dtype = next(self.model.parameters()).dtype
         self.batch_tokens = batch_tokens
-        self.position_chunk = position_chunk
+        # logits rows per LM-head chunk: 256 on CPU (cache-sized), 2048 on a GPU (fewer, larger kernels;
+        # 2048 × 151,936 fp32 logits = 1.2 GB)
+        self.position_chunk = position_chunk or (256 if self.device == "cpu" else 2048)
         self.vocab_size = vocab_size
         cfg = self.model.config
         cfg = getattr(cfg, "text_config", None) or cfg
@@ -95,29 +97,38 @@ class HFEngine:
                 mask[r, : lengths[i]] = 1
             with torch.inference_mode():
                 hidden = decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
-                for r, i in enumerate(batch):
-                    out[i] = self._score_row(hidden[r, : lengths[i] - 1], ids[r, 1 : lengths[i]].to(self.device), top_k)
+                n_pos = [lengths[i] - 1 for i in batch]
+                scored = self._score_positions(hidden[:, :-1], ids[:, 1:], mask[:, 1:].bool(), top_k)
+            starts = np.concatenate([[0], np.cumsum(n_pos)])
+            for r, i in enumerate(batch):
+                a, b = int(starts[r]), int(starts[r + 1])
+                out[i] = SequenceScores(*(x[a:b] if x is not None else None for x in scored))
             if on_batch is not None:
                 on_batch(sum(lengths[i] for i in batch))
         return out  # type: ignore[return-value]
 
-    def _score_row(self, hidden, targets, top_k: int) -> SequenceScores:
+    def _score_positions(self, hidden, targets, valid, top_k: int):
+        """(target log-probs [P], top-k ids [P, k], top-k log-probs [P, k]) as numpy, for the P valid
+        positions of a batch in row-major order: `position_chunk` positions of logits at a time, results
+        kept on the device and copied to the host once per batch (one sync, not one per row and chunk)."""
         import torch
 
-        n = targets.shape[0]
-        tgt = np.empty(n, dtype=np.float32)
-        tk_ids = np.empty((n, top_k), dtype=np.int32) if top_k else None
-        tk_lp = np.empty((n, top_k), dtype=np.float32) if top_k else None
+        valid = valid.to(hidden.device)
+        h, t = hidden[valid], targets.to(hidden.device)[valid]
+        n = t.shape[0]
+        tgt = torch.empty(n, dtype=torch.float32, device=h.device)
+        tk_ids = torch.empty((n, top_k), dtype=torch.int32, device=h.device) if top_k else None
+        tk_lp = torch.empty((n, top_k), dtype=torch.float32, device=h.device) if top_k else None
         for s in range(0, n, self.position_chunk):
             e = min(n, s + self.position_chunk)
-            logits = self._logits(hidden[s:e])
+            logits = self._logits(h[s:e])
             lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-            tgt[s:e] = (logits.gather(-1, targets[s:e, None]) - lse).squeeze(-1).cpu().numpy()
+            tgt[s:e] = (logits.gather(-1, t[s:e, None]) - lse).squeeze(-1)
             if top_k:
                 vals, idx = logits.topk(top_k, dim=-1)
-                tk_lp[s:e] = (vals - lse).cpu().numpy()  # type: ignore[index]
-                tk_ids[s:e] = idx.to(torch.int32).cpu().numpy()  # type: ignore[index]
-        return SequenceScores(tgt, tk_ids, tk_lp)
+                tk_lp[s:e] = vals - lse  # type: ignore[index]
+                tk_ids[s:e] = idx  # type: ignore[index]
+        return tuple(x.cpu().numpy() if x is not None else None for x in (tgt, tk_ids, tk_lp))
 
     # ------------------------------------------------------------ generation
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, batch_size: int = 16) -> list[list[int]]:
