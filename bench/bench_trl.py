@@ -12,7 +12,7 @@ weight decay, same lr, foreach), gradient clipping at 1.0, one process, the same
 - distillkit: the real CLI, `distillkit train --loss fkl --loss-form pocl --kd-weight 1 --temperature 1
   --mixture uniform --save-every 0 --set eval_heldout=false --set teacher_dtype=float32 --set precision=fp32`
   on a one-stage plan (`distillkit plan --set curriculum=false`), i.e. loss = KL(teacher ‖ student) per target
-  token (CE is still computed in the same LM-head chunks, for the log, with weight 0).
+  token (CE is computed in the same LM-head chunks for the log only: at weight 0 it gets no gradient).
 - TRL: `trl.experimental.gkd.GKDTrainer` with `lmbda = 0` (never samples from the student: off-policy, the
   dataset's sequences) and `beta = 0`: in TRL's `generalized_jsd_loss` beta == 0 is special-cased to
   `F.kl_div(student_log_probs, teacher_log_probs, log_target=True)` = KL(teacher ‖ student), summed over the
