@@ -269,6 +269,40 @@ def test_chunked_matches_plain_values_and_gradients(kind):
     assert torch.count_nonzero(got[1][V:]) == 0  # padded head rows get no gradient
 
 
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_closed_form_fkl_gradient_equals_autograd_incl_zero_teacher_probabilities(temperature):
+    """The fused path's FKL shortcut: same rows and logit gradient as autograd through tempered_rows,
+    also where the teacher gives a token probability exactly 0 (a -inf logit: 0·log 0 = 0)."""
+    from distillkit.losses.divergences import fkl_rows_and_grad, tempered_rows
+
+    s = _logits(6, 11, seed=80).requires_grad_()
+    t = _logits(6, 11, seed=81)
+    t[0, 3] = t[2, :5] = float("-inf")
+    rows_ref = tempered_rows(s, t, "fkl", temperature, {})
+    (g_ref,) = torch.autograd.grad(rows_ref.sum(), s)
+    s_before, t_before = s.detach().clone(), t.clone()
+    rows, g = fkl_rows_and_grad(s.detach(), t, temperature)
+    assert torch.isfinite(rows).all() and torch.isfinite(g).all()
+    torch.testing.assert_close(rows, rows_ref.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(g, g_ref, rtol=1e-6, atol=1e-7)
+    assert torch.equal(s.detach(), s_before) and torch.equal(t, t_before)  # inputs untouched (CE reuses them)
+
+
+def test_fused_fkl_uses_the_closed_form_and_other_kinds_autograd(monkeypatch):
+    import distillkit.losses.fused as fused
+
+    calls = []
+    real = fused.fkl_rows_and_grad
+    monkeypatch.setattr(fused, "fkl_rows_and_grad", lambda *a: (calls.append(1), real(*a))[1])
+    hidden, weight, bias, teacher, mask, V = _heads(seed=57)
+    chunked_kd_loss(hidden, weight, teacher, mask, "fkl", student_bias=bias, vocab_size=V, chunk_size=4).backward()
+    n_fkl, calls[:] = len(calls), []
+    chunked_kd_loss(hidden, weight, teacher, mask, "rkl", student_bias=bias, vocab_size=V, chunk_size=4).backward()
+    with torch.no_grad():  # no gradient wanted: the value path, not the closed form
+        chunked_kd_loss(hidden, weight, teacher, mask, "fkl", student_bias=bias, vocab_size=V, chunk_size=4)
+    assert n_fkl == -(-int(mask.sum()) // 4) and calls == []
+
+
 def test_chunked_accepts_a_teacher_logits_function():
     hidden, weight, bias, teacher, mask, V = _heads(seed=40)
     teacher_logits = (teacher.hidden @ teacher.weight.t() + teacher.bias).reshape(-1, teacher.weight.shape[0])

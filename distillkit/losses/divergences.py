@@ -196,3 +196,28 @@ def tempered_rows(
     log_p = torch.log_softmax(t, dim=-1)
     rows = divergence_rows(log_q, log_p, kind, params)
     return rows * (temperature * temperature) if temperature != 1.0 else rows
+
+
+@torch.no_grad()
+def fkl_rows_and_grad(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """Forward KL with its logit gradient in closed form: no autograd graph, fewer [n, V] passes.
+
+    rows = T² · Σ p (log p − log q) and d rows / d z_S = T · (q − p), with p = softmax(z_T/T),
+    q = softmax(z_S/T) (the gradient of `tempered_rows(..., "fkl", ...)`, 0·log 0 = 0 included).
+    Neither input is modified.
+    """
+    s = student_logits.float()
+    t = teacher_logits.float()
+    if temperature != 1.0:
+        s = s / temperature
+        t = t / temperature
+    log_q = torch.log_softmax(s, dim=-1)
+    log_p = torch.log_softmax(t, dim=-1)
+    p = log_p.exp()
+    diff = log_p.sub_(log_q).masked_fill_(p == 0, 0.0)  # log p − log q, 0 where p = 0 (log p may be −inf)
+    rows = diff.mul_(p).sum(-1)
+    grad = log_q.exp_().sub_(p)
+    if temperature != 1.0:
+        rows.mul_(temperature * temperature)
+        grad.mul_(temperature)
+    return rows, grad

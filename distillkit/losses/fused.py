@@ -32,7 +32,13 @@ import torch
 from torch import Tensor
 
 from distillkit.losses.dense import common_vocab, flat_mask
-from distillkit.losses.divergences import Divergence, check_temperature, resolve_params, tempered_rows
+from distillkit.losses.divergences import (
+    Divergence,
+    check_temperature,
+    fkl_rows_and_grad,
+    resolve_params,
+    tempered_rows,
+)
 
 TeacherLogitsFn = Callable[[Tensor], Tensor]
 """Teacher logits on demand: given flat position indices [n] (into the B*L grid,
@@ -40,6 +46,8 @@ row-major), return logits [n, V_t] (any float dtype, V_t ≥ vocab_size)."""
 
 # Per-chunk loss: (student logits [c, V] fp32 with grad, flat positions [c]) -> loss rows [c].
 RowsFn = Callable[[Tensor, Tensor], Tensor]
+# The same with the rows' gradient w.r.t. the logits in closed form: -> (rows [c], d rows / d logits [c, V]).
+RowsGradFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +107,7 @@ class _Job:
     # None: outputs (kd, ce), each with its own gradient. (w_kd, w_ce): outputs (w_kd·kd + w_ce·ce, kd, ce),
     # only the first differentiable -- one gradient accumulation per chunk, and none for a zero weight.
     weights: tuple[float, float] | None = None
+    kd_rows_grad: RowsGradFn | None = None  # kd_rows with a closed-form gradient (used when given)
 
 
 def _accumulate(dz: Tensor, h: Tensor, pos: Tensor, weight: Tensor, grads: list[Tensor | None]) -> None:
@@ -186,14 +195,19 @@ class _FusedHeadLoss(torch.autograd.Function):
             kd_local = job.kd_keep[pos]
             if bool(kd_local.any()):
                 idx_kd = None if bool(kd_local.all()) else kd_local.nonzero().squeeze(1)
-                zk = (z if idx_kd is None else z.index_select(0, idx_kd)).detach().requires_grad_(kd_grad)
                 pk = pos if idx_kd is None else pos.index_select(0, idx_kd)
-                with torch.enable_grad() if kd_grad else torch.no_grad():
-                    rows_sum = job.kd_rows(zk, pk).sum()
-                kd_total += rows_sum.detach()
-                if kd_grad and rows_sum.requires_grad:
-                    (dz_kd,) = torch.autograd.grad(rows_sum, zk)
-                del zk, rows_sum
+                if kd_grad and job.kd_rows_grad is not None:
+                    rows, dz_kd = job.kd_rows_grad(z if idx_kd is None else z.index_select(0, idx_kd), pk)
+                    kd_total += rows.sum()
+                    del rows
+                else:
+                    zk = (z if idx_kd is None else z.index_select(0, idx_kd)).detach().requires_grad_(kd_grad)
+                    with torch.enable_grad() if kd_grad else torch.no_grad():
+                        rows_sum = job.kd_rows(zk, pk).sum()
+                    kd_total += rows_sum.detach()
+                    if kd_grad and rows_sum.requires_grad:
+                        (dz_kd,) = torch.autograd.grad(rows_sum, zk)
+                    del zk, rows_sum
 
             if with_ce:
                 ce_local = ce_keep[pos]
@@ -276,10 +290,13 @@ def fused_head_losses(
     chunk_size: int,
     labels: Tensor | None = None,
     ignore_index: int = -100,
+    kd_rows_grad: RowsGradFn | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """(mean KD over kd_keep, mean CE over labels != ignore_index) from hidden [N, H] and the head."""
+    """(mean KD over kd_keep, mean CE over labels != ignore_index) from hidden [N, H] and the head.
+
+    kd_rows_grad: optional closed form of kd_rows with its logit gradient (skips autograd per chunk)."""
     need_grad = _check_head(hidden, weight, bias, chunk_size)
-    job = _Job(vocab_size, int(chunk_size), kd_keep, kd_rows, labels, ignore_index, need_grad)
+    job = _Job(vocab_size, int(chunk_size), kd_keep, kd_rows, labels, ignore_index, need_grad, None, kd_rows_grad)
     return _FusedHeadLoss.apply(hidden, weight, bias, job)
 
 
@@ -295,6 +312,7 @@ def fused_head_objective(
     chunk_size: int,
     labels: Tensor | None = None,
     ignore_index: int = -100,
+    kd_rows_grad: RowsGradFn | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(w_kd·kd + w_ce·ce, kd, ce): as `fused_head_losses`, for a fixed mix known up front.
 
@@ -305,7 +323,8 @@ def fused_head_objective(
     """
     need_grad = _check_head(hidden, weight, bias, chunk_size)
     w_kd, w_ce = (float(w) for w in weights)
-    job = _Job(vocab_size, int(chunk_size), kd_keep, kd_rows, labels, ignore_index, need_grad, (w_kd, w_ce))
+    job = _Job(vocab_size, int(chunk_size), kd_keep, kd_rows, labels, ignore_index, need_grad, (w_kd, w_ce),
+               kd_rows_grad)
     return _FusedHeadLoss.apply(hidden, weight, bias, job)
 
 
@@ -435,9 +454,14 @@ def _chunked(student_hidden, student_weight, teacher, mask, labels, kind, studen
     def kd_rows(z: Tensor, pos: Tensor) -> Tensor:
         return tempered_rows(z, teacher_logits(pos), kind, temperature, params_)
 
+    def fkl_grad(z: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+        return fkl_rows_and_grad(z, teacher_logits(pos), temperature)
+
+    rows_grad = fkl_grad if kind == "fkl" else None  # the default divergence: closed-form gradient
     if weights is not None:
         return fused_head_objective(hidden, student_weight, student_bias, kd_keep, kd_rows, weights=weights,
                                     vocab_size=vocab, chunk_size=chunk_size, labels=flat_labels,
-                                    ignore_index=ignore_index)
+                                    ignore_index=ignore_index, kd_rows_grad=rows_grad)
     return fused_head_losses(hidden, student_weight, student_bias, kd_keep, kd_rows, vocab_size=vocab,
-                             chunk_size=chunk_size, labels=flat_labels, ignore_index=ignore_index)
+                             chunk_size=chunk_size, labels=flat_labels, ignore_index=ignore_index,
+                             kd_rows_grad=rows_grad)
