@@ -42,18 +42,14 @@ def main() -> None:
     texts = ds.table.column("text").to_pylist()[:: max(1, ds.table.num_rows // args.docs)][: args.docs]
     cuda = args.device.startswith("cuda")
     if args.shape:
-        from transformers import LlamaConfig, LlamaForCausalLM
+        from bench_train import smollm2_shaped  # this script's folder is on sys.path
 
         tok = load_tokenizer(str(resolve_model("tiny-random")))
         vocab = 49152
         g = torch.Generator().manual_seed(0)
         seqs = [torch.randint(0, vocab, (min(len(ids), args.max_length),), generator=g).tolist()
                 for ids in tok(texts)["input_ids"]]
-        torch.manual_seed(0)
-        cfg = LlamaConfig(vocab_size=vocab, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                          num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-                          tie_word_embeddings=True)
-        model = LlamaForCausalLM(cfg).to(dtype=getattr(torch, args.dtype), device=args.device).eval()
+        model = smollm2_shaped(vocab).to(dtype=getattr(torch, args.dtype), device=args.device).eval()
         mdir = "random"
     else:
         mdir = resolve_model(args.model)

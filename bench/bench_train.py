@@ -32,17 +32,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _random_models(vocab: int, device):
+def smollm2_shaped(vocab: int, layers: int = 30, seed: int = 0):
+    """A randomly initialised model of SmolLM2-135M's shape (30 layers) or a depth-pruned one, on CPU."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    def make(layers: int, seed: int):
-        torch.manual_seed(seed)
-        cfg = LlamaConfig(vocab_size=vocab, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
-                          num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, tie_word_embeddings=True)
-        return LlamaForCausalLM(cfg).to(device)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
+                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, tie_word_embeddings=True)
+    return LlamaForCausalLM(cfg)
 
-    return make(30, 0), make(23, 1)  # SmolLM2-135M's shape, and a 23-layer student
+
+def _random_models(vocab: int, device):
+    return smollm2_shaped(vocab, 30, 0).to(device), smollm2_shaped(vocab, 23, 1).to(device)  # teacher, student
 
 
 def run_case(case: dict) -> dict:

@@ -160,9 +160,8 @@ def run(cfg: EvalConfig, resume: bool = False, overwrite: bool = False) -> Path:
     from distillkit.artifacts import ArtifactWriter
     from distillkit.errors import ConfigError
     from distillkit.evaluation import tasks as T
-    from distillkit.models import resolve_model
+    from distillkit.models import model_fingerprint, resolve_model
     from distillkit.progress import console
-    from distillkit.models import model_fingerprint
 
     t0 = time.time()
     # Everything that can be wrong with the inputs is checked before --out is touched.

@@ -89,8 +89,7 @@ def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> P
     from distillkit.artifacts import ArtifactWriter
     from distillkit.assets import resolve_data
     from distillkit.data import DataSpec, load_data, shard_rows
-    from distillkit.models import check_same_tokenizer, load_tokenizer, resolve_model
-    from distillkit.models import model_fingerprint
+    from distillkit.models import check_same_tokenizer, load_tokenizer, model_fingerprint, resolve_model
     from distillkit.progress import console
 
     t0 = time.time()

@@ -165,8 +165,14 @@ def prepare(cfg: TrainConfig, dist):
     from distillkit.assets import resolve_data
     from distillkit.data import DataSpec, load_data
     from distillkit.errors import ArtifactError, DataError
-    from distillkit.models import check_same_tokenizer, check_vocab_sizes, load_model, load_tokenizer, resolve_model
-    from distillkit.models import model_fingerprint
+    from distillkit.models import (
+        check_same_tokenizer,
+        check_vocab_sizes,
+        load_model,
+        load_tokenizer,
+        model_fingerprint,
+        resolve_model,
+    )
     from distillkit.training.batches import TopKStore, tokenize_rows
     from distillkit.training.setup import Inputs
 

@@ -66,9 +66,9 @@ def _record_study(path: Path, args: argparse.Namespace) -> None:
     a = vars(args)
     setting = {k: a[k] for k in SETTING}
     record = json.loads(path.read_text()) if path.is_file() else {"setting": setting, "invocations": []}
-    if record.get("setting") != setting:
-        diff = {k: (record.get("setting", {}).get(k), setting[k]) for k in SETTING
-                if record.get("setting", {}).get(k) != setting[k]}
+    old = record.get("setting", {})
+    if old != setting:
+        diff = {k: (old.get(k), setting[k]) for k in SETTING if old.get(k) != setting[k]}
         raise SystemExit(f"error: {path} holds a study with another setting {diff} (was, now); "
                          "use another --out or the same options")
     record["invocations"].append({k: a[k] for k in ("seeds", "arms", "extra_seeds_arms", "tasks", "limit")})
