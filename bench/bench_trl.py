@@ -7,7 +7,8 @@ depending on whether another process holds a core (OpenMP threads wait for a des
 
 Both trainers distil the same teacher into the same student on the same batches: batch 4 × ≤128 tokens of
 the demo corpus, fp32 weights and compute (no autocast, no gradient checkpointing), AdamW (β 0.9/0.95, no
-weight decay, same lr, foreach), gradient clipping at 1.0, one process, the same torch thread count.
+weight decay, same lr, fused kernel: distillkit's own and transformers' default), gradient clipping at 1.0, one
+process, the same torch thread count.
 
 - distillkit: the real CLI, `distillkit train --loss fkl --loss-form pocl --kd-weight 1 --temperature 1
   --mixture uniform --save-every 0 --set eval_heldout=false --set teacher_dtype=float32 --set precision=fp32`
@@ -268,7 +269,7 @@ def run_trl(case: dict) -> dict:
         lr_scheduler_type="constant",
     )
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=case["lr"],
-                            weight_decay=0.0, betas=BETAS, foreach=True)
+                            weight_decay=0.0, betas=BETAS, fused=True)  # = make_optimizer = adamw_torch_fused
     trainer = InOrder(model=student, teacher_model=teacher, args=args, data_collator=counting,
                       train_dataset=Dataset.from_dict({"row": list(range(total * case["batch"]))}),
                       processing_class=tok, callbacks=[Timer()], optimizers=(opt, None))
