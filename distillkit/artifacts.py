@@ -47,7 +47,8 @@ def sha256_file(path: str | Path, bufsize: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary name beside `path`, fsync, then rename over it: readers see old or new, never half."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -286,7 +287,7 @@ class ArtifactWriter:
                 self.resumed = True
         self.partial.mkdir(parents=True, exist_ok=True)
         if not state.is_file():
-            _atomic_write_bytes(state, json.dumps({"kind": self.kind, "config_sha256": self.config_sha, "config": self.config}).encode())
+            atomic_write_bytes(state, json.dumps({"kind": self.kind, "config_sha256": self.config_sha, "config": self.config}).encode())
 
     # --- parts
     def path(self, name: str) -> Path:
@@ -333,7 +334,7 @@ class ArtifactWriter:
             **(extra or {}),
         }
         (self.partial / RUN_STATE).unlink(missing_ok=True)
-        _atomic_write_bytes(self.partial / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False).encode())
+        atomic_write_bytes(self.partial / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False).encode())
         old = None
         if self.out.exists():
             old = self.out.with_name(f".{self.out.name}.old{os.getpid()}")

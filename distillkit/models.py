@@ -110,10 +110,10 @@ def _sha256_file(path: Path) -> str:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
+    from distillkit.artifacts import atomic_write_bytes
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def file_sha256(path: Path) -> str:
