@@ -361,28 +361,30 @@ def main() -> None:
           f"(median {mm['fp32']['median_gflops']:.1f}), bf16 {a.matmul_n_bf16}² {mm['bf16']['best_gflops']:.1f} GFLOP/s "
           f"(median {mm['bf16']['median_gflops']:.1f})", flush=True)
     runs: dict[str, list[dict]] = {"distillkit": [], "trl": []} | ({"offline": []} if a.offline else {})
+
+    def report(r: int, name: str, res: dict) -> None:
+        runs[name].append(res)
+        steps = res["s_per_step"]
+        print(f"run {r} {name + ':':<11} median {statistics.median(steps):.2f} s/step "
+              f"(steps {' '.join('%.1f' % x for x in steps)}), loss {['%.4f' % x for x in res['loss'][:3]]}", flush=True)
+
+    def tidy(run_out: Path) -> None:
+        if not a.keep:  # a distillkit run's final checkpoint and student: ~1.7 GB, not needed here
+            for sub in ("student", "checkpoints"):
+                shutil.rmtree(run_out / sub, ignore_errors=True)
+
     for r in range(a.repeats):
         dk_out = out / f"distillkit-{r}"
-        res = spawn({**base, "kind": "distillkit", "out": str(dk_out), "count_params": r == 0}, out / f"distillkit-{r}.log")
-        runs["distillkit"].append(res)
-        print(f"run {r} distillkit: median {statistics.median(res['s_per_step']):.2f} s/step "
-              f"(steps {' '.join('%.1f' % x for x in res['s_per_step'])}), loss {['%.4f' % x for x in res['loss'][:3]]}", flush=True)
-        res = spawn({**base, "kind": "trl", "out": str(out / f"trl-{r}"), "batches_from": str(dk_out)}, out / f"trl-{r}.log")
-        runs["trl"].append(res)
-        if not a.keep:  # the distillkit run's final checkpoint and student: ~1.7 GB, not needed here
-            for sub in ("student", "checkpoints"):
-                shutil.rmtree(dk_out / sub, ignore_errors=True)
-        print(f"run {r} trl:        median {statistics.median(res['s_per_step']):.2f} s/step "
-              f"(steps {' '.join('%.1f' % x for x in res['s_per_step'])}), loss {['%.4f' % x for x in res['loss'][:3]]}", flush=True)
+        report(r, "distillkit", spawn({**base, "kind": "distillkit", "out": str(dk_out), "count_params": r == 0},
+                                      out / f"distillkit-{r}.log"))
+        report(r, "trl", spawn({**base, "kind": "trl", "out": str(out / f"trl-{r}"), "batches_from": str(dk_out)},
+                               out / f"trl-{r}.log"))
+        tidy(dk_out)  # after TRL, which reads this run's batches
         if a.offline:  # same plan and seed, so the same batches; stored top-k teacher, no teacher forward
             off_out = out / f"offline-{r}"
-            res = spawn({**base, "kind": "distillkit", "out": str(off_out), "teacher_mode": "offline"}, out / f"offline-{r}.log")
-            runs["offline"].append(res)
-            for sub in ("student", "checkpoints"):
-                shutil.rmtree(off_out / sub, ignore_errors=True)
-            print(f"run {r} offline:    median {statistics.median(res['s_per_step']):.2f} s/step "
-                  f"(steps {' '.join('%.1f' % x for x in res['s_per_step'])}), loss {['%.4f' % x for x in res['loss'][:3]]}",
-                  flush=True)
+            report(r, "offline", spawn({**base, "kind": "distillkit", "out": str(off_out), "teacher_mode": "offline"},
+                                       out / f"offline-{r}.log"))
+            tidy(off_out)
 
     peak = {k: mm[k]["best_gflops"] * 1e9 for k in ("fp32", "bf16")}
     n_s, n_t = runs["distillkit"][0]["n_student"], runs["distillkit"][0]["n_teacher"]
@@ -392,11 +394,10 @@ def main() -> None:
         dts = [x for r in rs for x in r["s_per_step"]]
         tgt = sum(t for r in rs for t in r["targets"])
         tps = tgt / sum(dts)
+        fpt = 6 * n_s if name == "offline" else flops_per_token  # offline: no teacher forward, only the student's 6·N
         rows[name] = {"s_step": statistics.median(dts), "spread": (min(dts), max(dts)), "tps": tps,
                       "rss": max(r["ru_maxrss_mb"] for r in rs), "rss_steps": max(r["peak_rss_steps_mb"] for r in rs),
-                      # offline: no teacher forward, so only the student's 6·N per token counts
-                      "mfu32": (6 * n_s if name == "offline" else flops_per_token) * tps / peak["fp32"],
-                      "mfu16": (6 * n_s if name == "offline" else flops_per_token) * tps / peak["bf16"],
+                      "mfu32": fpt * tps / peak["fp32"], "mfu16": fpt * tps / peak["bf16"],
                       "loss": rs[0]["loss"][0] if rs[0]["loss"] else float("nan"), "threads": rs[0]["threads"]}
     print()
     print(f"{a.batch} × ≤{a.seq_len} tokens, {a.warmup} warm-up + {a.steps} timed steps × {a.repeats} runs each, fp32, "
