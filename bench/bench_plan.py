@@ -64,7 +64,7 @@ def synthetic_scores(out: Path, rows: int, rouge: bool, seed: int = 0) -> Path:
 
 
 def time_cli(scores: Path, out: Path, extra: list[str]) -> float:
-    cmd = [sys.executable, "-m", "cli.main", "plan", "--scores", str(scores), "--out", str(out), *extra]
+    cmd = [sys.executable, "-m", "distillkit.cli.main", "plan", "--scores", str(scores), "--out", str(out), *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "120"}
     t0 = time.perf_counter()
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -131,7 +131,7 @@ def run_distillkit(case: dict) -> dict:
     sys.path.insert(0, str(ROOT))
     import distillkit.training.loop as loop
     import distillkit.training.monitor as monitor
-    from cli.main import app
+    from distillkit.cli.main import app
 
     clock = StepClock(case["warmup"], case["steps"])
     pending = {"targets": 0, "loss": []}

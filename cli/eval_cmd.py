@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from cli.common import ConfigOpt, OverwriteOpt, PrintOpt, ResumeOpt, SetOpt, handled, resolve_or_print
+from distillkit.cli.common import ConfigOpt, OverwriteOpt, PrintOpt, ResumeOpt, SetOpt, handled, resolve_or_print
 
 
 def eval_(
@@ -37,7 +37,7 @@ def eval_(
 ) -> None:
     """Evaluate models side by side: lm-eval benchmarks (offline data), held-out perplexity per domain, ROUGE-L."""
     with handled():
-        from pipelines import eval as stage
+        from distillkit.pipelines import eval as stage
 
         opts = dict(models=tuple(model) if model else None, teacher=teacher, out=out, tasks=tasks,
                     include_path=tuple(include_path) if include_path else None, data=data, limit=limit,

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from cli.common import STATE, ConfigOpt, OverwriteOpt, PrintOpt, ResumeOpt, SetOpt, handled, resolve_or_print
+from distillkit.cli.common import STATE, ConfigOpt, OverwriteOpt, PrintOpt, ResumeOpt, SetOpt, handled, resolve_or_print
 
 app = typer.Typer(
     name="distillkit",
@@ -64,7 +64,7 @@ def score(
 ) -> None:
     """Score every sample with teacher and student: difficulty per sample, perplexity gap per domain."""
     with handled():
-        from pipelines import score as stage
+        from distillkit.pipelines import score as stage
 
         if merge:
             if not out:
@@ -83,7 +83,7 @@ def score(
 
 
 def _summary(path) -> None:
-    from cli.show import domains_table
+    from distillkit.cli.show import domains_table
     from distillkit.progress import console
 
     console.print(domains_table(path))
@@ -95,7 +95,7 @@ def inspect(path: str = typer.Argument(..., help="An artifact directory."),
             rows: int = typer.Option(5, "--rows", help="Rows to show per table.")) -> None:
     """Show what an artifact holds: manifest, files, and a preview of each table."""
     with handled():
-        from cli.show import show_artifact
+        from distillkit.cli.show import show_artifact
 
         show_artifact(path, rows)
 
@@ -131,7 +131,7 @@ def run_recipe(
         import os
 
         from distillkit.progress import console
-        from pipelines import recipe as rec
+        from distillkit.pipelines import recipe as rec
 
         res = rec.run(recipe, out, overwrite=overwrite, only=only, start=start)
         if os.environ.get("RANK", "0") != "0":
@@ -140,11 +140,11 @@ def run_recipe(
         last = {s: res.recipe.out(s) for s in res.recipe.stages}
         report = res.report if "eval" in ran else None
         if report is not None:
-            from cli.eval_cmd import summary
+            from distillkit.cli.eval_cmd import summary
 
             summary(last["eval"])
         elif "train" in ran and (last["train"] / "manifest.json").is_file():
-            from cli.train_cmd import summary
+            from distillkit.cli.train_cmd import summary
 
             summary(last["train"])
         elif "score" in ran and (last["score"] / "manifest.json").is_file():
@@ -156,13 +156,13 @@ def run_recipe(
 
 
 # Stage commands that live in their own modules (each imports only typer at module level).
-from cli.plan_cmd import plan as _plan  # noqa: E402
+from distillkit.cli.plan_cmd import plan as _plan  # noqa: E402
 
 app.command("plan")(_plan)
 
-from cli.train_cmd import train as _train  # noqa: E402
+from distillkit.cli.train_cmd import train as _train  # noqa: E402
 app.command("train")(_train)
-from cli.eval_cmd import eval_ as _eval  # noqa: E402
+from distillkit.cli.eval_cmd import eval_ as _eval  # noqa: E402
 app.command("eval")(_eval)
 
 

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from cli.common import ConfigOpt, OverwriteOpt, PrintOpt, ResumeOpt, SetOpt, handled, resolve_or_print
+from distillkit.cli.common import ConfigOpt, OverwriteOpt, PrintOpt, ResumeOpt, SetOpt, handled, resolve_or_print
 
 
 def plan(
@@ -29,7 +29,7 @@ def plan(
 ) -> None:
     """Turn scores into an easy-to-hard curriculum (POCL) and a domain mixture (DDK)."""
     with handled():
-        from pipelines import plan as stage
+        from distillkit.pipelines import plan as stage
 
         opts = dict(scores=scores, out=out, stages=stages, measure=measure, mixture=mixture, curriculum=curriculum,
                     stage_length=stage_length, stage_unit=stage_unit, restart_optimizer=restart_optimizer,

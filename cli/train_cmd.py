@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from cli.common import ConfigOpt, OverwriteOpt, PrintOpt, ResumeOpt, SetOpt, handled, resolve_or_print
+from distillkit.cli.common import ConfigOpt, OverwriteOpt, PrintOpt, ResumeOpt, SetOpt, handled, resolve_or_print
 
 
 def train(
@@ -44,7 +44,7 @@ def train(
     Multi-process: torchrun --nproc_per_node N --no-python distillkit train ... (DDP; --strategy fsdp2 to shard).
     """
     with handled():
-        from pipelines import train as stage
+        from distillkit.pipelines import train as stage
 
         opts = dict(plan=plan, teacher=teacher, student=student, out=out, loss=loss, loss_form=loss_form, kd_weight=kd_weight,
                     temperature=temperature, teacher_mode=teacher_mode, steps=steps, batch_size=batch_size,

@@ -144,8 +144,8 @@ def read_recipe(spec: str, out: str | None = None) -> tuple[Path, Path, dict[str
 def load_recipe(spec: str, out: str | None = None) -> Recipe:
     """Read a recipe and resolve every stage's config (defaults filled in from the stages before it)."""
     from distillkit.config import resolve
-    from pipelines import eval as ev
-    from pipelines import plan, score, train
+    from distillkit.pipelines import eval as ev
+    from distillkit.pipelines import plan, score, train
 
     path, root, top, tables = read_recipe(spec, out)
     rec = Recipe(path=path, root=root, configs={}, threads=top.get("threads"))
@@ -341,7 +341,7 @@ def _run_stages(rec: Recipe, todo: list[str], overwrite: bool, say) -> list[Stag
 def _stage_module(stage: str):
     import importlib
 
-    return importlib.import_module(f"pipelines.{stage}")
+    return importlib.import_module(f"distillkit.pipelines.{stage}")
 
 
 def _run_prune(p: PruneStep, overwrite: bool, say) -> None:

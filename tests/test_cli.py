@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from distillkit.cli.main import app
 from distillkit.artifacts import read_artifact
 from tests.conftest import build_model, make_texts, write_jsonl
 
@@ -107,7 +107,7 @@ def test_kill_and_resume_gives_same_rows(tmp_path, tiny_tok_dir, tiny_student_di
     data = write_jsonl(tmp_path / "big.jsonl", rows)
     args = _score_args(data, teacher, tiny_student_dir, tmp_path / "killed", "--set", "chunk_size=6", "--top-k", "3")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", *map(str, args)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "distillkit.cli.main", *map(str, args)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     chunks = tmp_path / "killed.partial" / "chunks"
     deadline = time.time() + 240

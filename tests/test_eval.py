@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from distillkit.cli.main import app
 from distillkit.artifacts import read_artifact
 from distillkit.evaluation import tasks as T
 from tests.conftest import make_texts, write_jsonl
@@ -267,7 +267,7 @@ def test_interrupted_run_resumes_only_missing_models(tmp_path, rigged_dir, tiny_
     """A failure in the second model's benchmarks keeps the first model's parts; --resume measures only the second."""
     from distillkit.errors import OutputExists
     from distillkit.evaluation import harness
-    from pipelines.eval import EvalConfig, run
+    from distillkit.pipelines.eval import EvalConfig, run
 
     tasks_dir = _toy_task(tmp_path / "tasks")
     cfg = EvalConfig(models=(f"a={rigged_dir}", f"b={tiny_student_dir}"), out=str(tmp_path / "out"), tasks=("toy_mc",),

@@ -10,12 +10,12 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from distillkit.cli.main import app
 from distillkit.artifacts import ArtifactWriter, read_artifact
 from distillkit.curriculum import CURRICULUM_COLUMNS, rrf_difficulty, schedule
 from distillkit.difficulty import rrf_difficulty as reference_rrf_difficulty
 from distillkit.scoring import domain_table
-from pipelines.plan import PlanConfig, run
+from distillkit.pipelines.plan import PlanConfig, run
 
 runner = CliRunner()
 

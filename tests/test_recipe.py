@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from distillkit.cli.main import app
 from distillkit.artifacts import read_artifact
 from distillkit.errors import ConfigError
-from pipelines.recipe import RECIPES, STAGES, load_recipe, select
+from distillkit.pipelines.recipe import RECIPES, STAGES, load_recipe, select
 
 
 def test_recipe_runs_and_skips_finished(tmp_path, tiny_teacher_dir, tiny_student_dir):
@@ -163,7 +163,7 @@ def test_killed_train_resumes_without_redoing_score_or_plan(smoke, tmp_path):
     before = _snapshot(root, ("score", "plan"))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DISTILLKIT_CACHE": str(smoke["cache"]), "OMP_NUM_THREADS": "1"}
     log = open(tmp_path / "killed.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "run", str(recipe), "--out", str(root)], env=env, cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "distillkit.cli.main", "run", str(recipe), "--out", str(root)], env=env, cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT)
     ckpts = root / "train-kill.partial" / "checkpoints"
     deadline = time.time() + 120

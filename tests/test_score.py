@@ -11,7 +11,7 @@ import pytest
 from distillkit.artifacts import read_artifact
 from distillkit.errors import OutputExists
 from distillkit.scoring import DOMAIN_COLUMNS, SAMPLE_COLUMNS
-from pipelines.score import ScoreConfig, merge, run
+from distillkit.pipelines.score import ScoreConfig, merge, run
 from tests.conftest import make_texts, write_jsonl
 
 

@@ -20,14 +20,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
+from distillkit.cli.main import app
 from distillkit.artifacts import read_artifact
 from distillkit.data import DataSpec, load_data
-from pipelines.plan import PlanConfig
-from pipelines.plan import run as run_plan
-from pipelines.score import ScoreConfig
-from pipelines.score import run as run_score
-from pipelines.train import TrainConfig, run
+from distillkit.pipelines.plan import PlanConfig
+from distillkit.pipelines.plan import run as run_plan
+from distillkit.pipelines.score import ScoreConfig
+from distillkit.pipelines.score import run as run_score
+from distillkit.pipelines.train import TrainConfig, run
 from tests.conftest import make_texts, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -290,7 +290,7 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
 
 def test_killed_run_resumes_to_bitwise_identical_weights(pipeline, tmp_path):
     cfg = cfg_for(pipeline, tmp_path / "killed", steps=40, save_every=4)
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", *_args(cfg)], env=_env(), cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "distillkit.cli.main", *_args(cfg)], env=_env(), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpts = tmp_path / "killed.partial" / "checkpoints"
     deadline = time.time() + 120
@@ -329,7 +329,7 @@ def test_torchrun_ddp_and_fsdp2_match_single_process(pipeline, tmp_path):
     for strategy in ("ddp", "fsdp2"):
         multi = replace(single, out=str(tmp_path / strategy), grad_accum=2)  # accumulation across no_sync micro-batches
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--no-python",
-               sys.executable, "-m", "cli.main", *_args(multi), "--strategy", strategy]
+               sys.executable, "-m", "distillkit.cli.main", *_args(multi), "--strategy", strategy]
         procs[strategy] = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     run(single)
     a, wa = metrics(tmp_path / "single"), _weights(tmp_path / "single")

@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--limit", type=int, default=100, help="lm-eval documents per task")
     args = ap.parse_args(argv)
 
-    from pipelines import eval as ev
-    from pipelines import plan, score, train
+    from distillkit.pipelines import eval as ev
+    from distillkit.pipelines import plan, score, train
 
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.vllm
 
 
 def test_eval_perplexity_vllm_equals_hf(model_dir, tmp_path):  # noqa: F811
-    from pipelines.eval import EvalConfig, run
+    from distillkit.pipelines.eval import EvalConfig, run
 
     rows = [{"text": t, "domain": d} for d, seed in (("alpha", 1), ("beta", 2)) for t in make_texts(20, seed=seed, min_words=20)]
     data = write_jsonl(tmp_path / "corpus.jsonl", rows)
