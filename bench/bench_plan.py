@@ -29,7 +29,7 @@ DOMAINS = ("books", "chat", "code", "law", "math", "med", "news", "web", "wiki")
 
 def synthetic_scores(out: Path, rows: int, rouge: bool, seed: int = 0) -> Path:
     from distillkit.artifacts import ArtifactWriter
-    from distillkit.scoring import domain_table
+    from distillkit.domains import domain_table
 
     rng = np.random.default_rng(seed)
     # skewed domain sizes, like real corpora

@@ -48,10 +48,9 @@ def main() -> None:
 
     from distillkit.artifacts import read_arrow, write_arrow
     from distillkit.assets import resolve_data
-    from distillkit.data import DataSpec, load_data
+    from distillkit.data import DataSpec, load_data, tokenize
     from distillkit.engines.base import SequenceScores
     from distillkit.models import load_model, load_tokenizer, resolve_model
-    from distillkit.scoring import tokenize
     from distillkit.topk import decode_batch, log_tail, topk_table
 
     t0 = time.perf_counter()

@@ -3,8 +3,8 @@
 A step is what `distillkit train` does per micro-batch: teacher forward (no_grad) -> its hidden
 states; student forward; loss = (1-λ)·CE + λ·FKL (`--kd-weight` λ); backward. "plain" builds both models' full
 [B, L, V] fp32 logits; "chunked" (train's default) computes them `chunk` positions at a time from
-the hidden states and LM heads (distillkit.losses.chunked_kd_and_ce). The optimizer step is left
-out: it costs the same in both.
+the hidden states and LM heads (distillkit.losses.objective, as train calls it). The optimizer step
+is left out: it costs the same in both.
 
 Each case runs in a fresh subprocess. Memory is the peak *increase* during the first step over the
 memory held before it (models, inputs): on CPU the peak RSS, sampled every millisecond by a thread
@@ -52,9 +52,9 @@ def run_case(case: dict) -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT))
+    from distillkit.losses import LossSpec
     from distillkit.training.batches import Sequences, collate
-    from distillkit.training.loop import LossSpec, StudentLoss
-    from distillkit.training.setup import teacher_sources
+    from distillkit.training.student import StudentLoss, teacher_sources
 
     if case["threads"]:
         torch.set_num_threads(case["threads"])

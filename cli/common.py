@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from pathlib import Path
 from typing import Any, Iterator
 
 import typer
 
 STATE = {"debug": False}
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="TOML or YAML file with this stage's keys (or a [stage] table).")
-SetOpt = typer.Option(None, "--set", help="Override one key: --set key=value (repeatable).")
-PrintOpt = typer.Option(False, "--print-config", help="Print the resolved config as TOML and exit.")
-ResumeOpt = typer.Option(False, "--resume", help="Continue an interrupted run of the same config.")
+# The stage commands' common options are generated with their config keys (cli/options.py); prune declares its own.
 OverwriteOpt = typer.Option(False, "--overwrite", help="Replace an existing artifact (kept until the new one is complete).")
 
 
@@ -54,3 +52,9 @@ def resolve_or_print(cls, config: str | None, sets: list[str] | None, options: d
         sys.stdout.write(to_toml(cfg, section))
         raise typer.Exit(0)
     return cfg
+
+
+def artifact_path(res: Any) -> Path:
+    """Where a stage's run() left its artifact: a `StageResult` (pipelines/stage.py) carries it as `.path`;
+    a stage not yet returning one gives the Path itself."""
+    return Path(getattr(res, "path", res))

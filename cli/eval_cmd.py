@@ -2,51 +2,20 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
-
-import typer
-
-from distillkit.cli.common import ConfigOpt, OverwriteOpt, PrintOpt, ResumeOpt, SetOpt, handled, resolve_or_print
+from distillkit.cli.common import artifact_path
+from distillkit.cli.options import StageArgs, stage_command
+from distillkit.pipelines.eval import EvalConfig
 
 
-def eval_(
-    model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="Model to evaluate (repeat for several): HF dir, .gguf, alias; label=spec names it."),
-    teacher: Optional[str] = typer.Option(None, "--teacher", "-t", help="Teacher: evaluated too; the reference for perplexity ratios."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output artifact directory."),
-    tasks: Optional[str] = typer.Option(None, "--tasks", help="lm-eval tasks, comma-separated (auto | none | arc_easy,piqa,...)."),
-    include_path: Optional[List[str]] = typer.Option(None, "--include-path", help="Folder of extra lm-eval task YAMLs (repeatable)."),
-    data: Optional[str] = typer.Option(None, "--data", "-d", help="Data (or a score artifact) for held-out perplexity per domain and ROUGE-L."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="At most N documents per task and per domain (smoke runs)."),
-    num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", help="Few-shot examples for every task (default: the task's own)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="lm-eval batch size."),
-    baseline: Optional[str] = typer.Option(None, "--baseline", help="The student before training (a --model): gap closed is measured from it."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | bfloat16."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
-    seeds: Optional[str] = typer.Option(None, "--seeds", help="Sampling seeds for ROUGE-L, comma-separated (default 10,20,30,40,50)."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Longest generated answer for ROUGE-L."),
-    domain_field: Optional[str] = typer.Option(None, "--domain-field", help="Column naming the domain."),
-    text_field: Optional[str] = typer.Option(None, "--text-field", help="Column with plain text."),
-    max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate held-out samples to this many tokens."),
-    max_per_domain: Optional[int] = typer.Option(None, "--max-per-domain", help="At most N documents per domain before the split (as in score)."),
-    plot: Optional[bool] = typer.Option(None, "--plot/--no-plot", help="Write benchmarks.png and domains.png."),
-    config: Optional[str] = ConfigOpt,
-    set_: Optional[List[str]] = SetOpt,
-    print_config: bool = PrintOpt,
-    resume: bool = ResumeOpt,
-    overwrite: bool = OverwriteOpt,
-) -> None:
+# The old spellings --model, --seeds and --max-new-tokens stay as hidden aliases: scripts and tests use them.
+@stage_command(EvalConfig, "eval", short={"models": "-m", "teacher": "-t", "out": "-o", "data": "-d", "batch_size": "-b"},
+               aliases={"models": ["--model"], "gen_seeds": ["--seeds"], "gen_max_new_tokens": ["--max-new-tokens"]})
+def eval_(args: StageArgs) -> None:
     """Evaluate models side by side: lm-eval benchmarks (offline data), held-out perplexity per domain, ROUGE-L."""
-    with handled():
-        from distillkit.pipelines import eval as stage
+    from distillkit.pipelines import eval as stage
 
-        opts = dict(models=tuple(model) if model else None, teacher=teacher, out=out, tasks=tasks,
-                    include_path=tuple(include_path) if include_path else None, data=data, limit=limit,
-                    num_fewshot=num_fewshot, batch_size=batch_size, baseline=baseline, dtype=dtype, device=device,
-                    gen_seeds=seeds, gen_max_new_tokens=max_new_tokens, domain_field=domain_field, text_field=text_field,
-                    max_length=max_length, max_per_domain=max_per_domain, plot=plot)
-        cfg = resolve_or_print(stage.EvalConfig, config, set_, opts, print_config, "eval")
-        path = stage.run(cfg, resume=resume, overwrite=overwrite)
-        summary(path)
+    res = stage.run(args.resolve(), resume=args.resume, overwrite=args.overwrite)
+    summary(artifact_path(res))
 
 
 def summary(path) -> None:

@@ -6,7 +6,9 @@ from typing import List, Optional
 
 import typer
 
-from distillkit.cli.common import STATE, ConfigOpt, OverwriteOpt, PrintOpt, ResumeOpt, SetOpt, handled, resolve_or_print
+from distillkit.cli.common import STATE, OverwriteOpt, artifact_path, handled
+from distillkit.cli.options import Extra, StageArgs, stage_command
+from distillkit.pipelines.score import ScoreConfig
 
 app = typer.Typer(
     name="distillkit",
@@ -39,47 +41,29 @@ def main_callback(
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+# Not a config key: it joins finished shard artifacts instead of running a scoring config.
+_MERGE = Extra("merge", Optional[List[str]], ("--merge",), "Join these shard artifacts into --out (repeat per shard) instead of scoring.",
+               panel="shards", metavar="<dir>")
+
+
 @app.command()
-def score(
-    data: Optional[str] = typer.Option(None, "--data", "-d", help="Data: JSONL/Parquet/Arrow/CSV, save_to_disk dir, or text folders."),
-    teacher: Optional[str] = typer.Option(None, "--teacher", "-t", help="Teacher: HF dir, .gguf, or alias (smollm2-135m)."),
-    student: Optional[str] = typer.Option(None, "--student", "-s", help="Student: HF dir, .gguf, or alias."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output artifact directory."),
-    engine: Optional[str] = typer.Option(None, "--engine", help="auto | hf | vllm."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | bfloat16."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Also store the teacher's top-k log-probs per position."),
-    topk_format: Optional[str] = typer.Option(None, "--topk-format", help="uint8 (default, log-grid codes) | float16."),
-    shard: Optional[str] = typer.Option(None, "--shard", help="Score slice i of n ('i/n'), e.g. one SLURM array task."),
-    domain_field: Optional[str] = typer.Option(None, "--domain-field", help="Column naming the domain."),
-    id_field: Optional[str] = typer.Option(None, "--id-field", help="Column with sample ids."),
-    text_field: Optional[str] = typer.Option(None, "--text-field", help="Column with plain text."),
-    max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate samples to this many tokens."),
-    max_per_domain: Optional[int] = typer.Option(None, "--max-per-domain", help="At most N documents per domain."),
-    merge: Optional[List[str]] = typer.Option(None, "--merge", help="Join these shard artifacts into --out (repeat per shard) instead of scoring."),
-    config: Optional[str] = ConfigOpt,
-    set_: Optional[List[str]] = SetOpt,
-    print_config: bool = PrintOpt,
-    resume: bool = ResumeOpt,
-    overwrite: bool = OverwriteOpt,
-) -> None:
+@stage_command(ScoreConfig, "score", short={"data": "-d", "teacher": "-t", "student": "-s", "out": "-o"}, extras=[_MERGE])
+def score(args: StageArgs) -> None:
     """Score every sample with teacher and student: difficulty per sample, perplexity gap per domain."""
-    with handled():
-        from distillkit.pipelines import score as stage
+    from distillkit.pipelines import score as stage
 
-        if merge:
-            if not out:
-                from distillkit.errors import ConfigError
+    merge = args.extras["merge"]
+    if merge:
+        out = args.options.get("out")
+        if not out:
+            from distillkit.errors import ConfigError
 
-                raise ConfigError("--merge needs --out for the merged artifact")
-            path = stage.merge(list(merge), out, overwrite=overwrite)
-            _summary(path)
-            return
-        opts = dict(data=data, teacher=teacher, student=student, out=out, engine=engine, dtype=dtype, top_k=top_k, topk_format=topk_format,
-                    shard=shard, domain_field=domain_field, id_field=id_field, text_field=text_field,
-                    max_length=max_length, max_per_domain=max_per_domain)
-        cfg = resolve_or_print(stage.ScoreConfig, config, set_, opts, print_config, "score")
-        path = stage.run(cfg, resume=resume, overwrite=overwrite)
-        _summary(path)
+            raise ConfigError("--merge needs --out for the merged artifact")
+        path = stage.merge(list(merge), out, overwrite=args.overwrite)
+        _summary(artifact_path(path))
+        return
+    res = stage.run(args.resolve(), resume=args.resume, overwrite=args.overwrite)
+    _summary(artifact_path(res))
 
 
 def _summary(path) -> None:
@@ -128,13 +112,12 @@ def run_recipe(
 ) -> None:
     """Run a recipe's stages (prune, score, plan, train, eval) in order, skipping finished ones and resuming an interrupted one."""
     with handled():
-        import os
-
         from distillkit.progress import console
         from distillkit.pipelines import recipe as rec
+        from distillkit.ranks import is_main_process
 
         res = rec.run(recipe, out, overwrite=overwrite, only=only, start=start)
-        if os.environ.get("RANK", "0") != "0":
+        if not is_main_process():
             return
         ran = {r.stage for r in res.stages}
         last = {s: res.recipe.out(s) for s in res.recipe.stages}

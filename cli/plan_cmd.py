@@ -2,41 +2,18 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
-
-import typer
-
-from distillkit.cli.common import ConfigOpt, OverwriteOpt, PrintOpt, ResumeOpt, SetOpt, handled, resolve_or_print
+from distillkit.cli.common import artifact_path
+from distillkit.cli.options import StageArgs, stage_command
+from distillkit.pipelines.plan import PlanConfig
 
 
-def plan(
-    scores: Optional[str] = typer.Option(None, "--scores", help="Score artifact directory (from distillkit score)."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output artifact directory."),
-    stages: Optional[int] = typer.Option(None, "--stages", help="Curriculum stages S (default 4)."),
-    measure: Optional[str] = typer.Option(None, "--measure", help="auto | rrf | student_ce | ppl_ratio | nll_gap."),
-    mixture: Optional[str] = typer.Option(None, "--mixture", help="ddk | uniform | proportional."),
-    curriculum: Optional[bool] = typer.Option(None, "--curriculum/--no-curriculum", help="--no-curriculum: one stage with all data (ablation)."),
-    stage_length: Optional[float] = typer.Option(None, "--stage-length", help="Length of each stage in --stage-unit (default 1 epoch)."),
-    stage_unit: Optional[str] = typer.Option(None, "--stage-unit", help="epochs | steps."),
-    restart_optimizer: Optional[bool] = typer.Option(None, "--restart-optimizer/--keep-optimizer", help="Restart optimizer + LR schedule each stage."),
-    smoothing: Optional[bool] = typer.Option(None, "--smoothing/--no-smoothing", help="DDK factor smoothing (Eq. 2) during train."),
-    plot: Optional[bool] = typer.Option(None, "--plot/--no-plot", help="Also write plan.png (difficulty by domain, mixture)."),
-    config: Optional[str] = ConfigOpt,
-    set_: Optional[List[str]] = SetOpt,
-    print_config: bool = PrintOpt,
-    resume: bool = ResumeOpt,
-    overwrite: bool = OverwriteOpt,
-) -> None:
+@stage_command(PlanConfig, "plan", short={"out": "-o"})
+def plan(args: StageArgs) -> None:
     """Turn scores into an easy-to-hard curriculum (POCL) and a domain mixture (DDK)."""
-    with handled():
-        from distillkit.pipelines import plan as stage
+    from distillkit.pipelines import plan as stage
 
-        opts = dict(scores=scores, out=out, stages=stages, measure=measure, mixture=mixture, curriculum=curriculum,
-                    stage_length=stage_length, stage_unit=stage_unit, restart_optimizer=restart_optimizer,
-                    ddk_smoothing=smoothing, plot=plot)
-        cfg = resolve_or_print(stage.PlanConfig, config, set_, opts, print_config, "plan")
-        path = stage.run(cfg, resume=resume, overwrite=overwrite)
-        summary(path)
+    res = stage.run(args.resolve(), resume=args.resume, overwrite=args.overwrite)
+    summary(artifact_path(res))
 
 
 def _stage_columns(num_stages: int, limit: int = 8) -> list[int]:

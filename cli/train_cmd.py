@@ -2,61 +2,25 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
-
-import typer
-
-from distillkit.cli.common import ConfigOpt, OverwriteOpt, PrintOpt, ResumeOpt, SetOpt, handled, resolve_or_print
+from distillkit.cli.common import artifact_path
+from distillkit.cli.options import StageArgs, stage_command
+from distillkit.pipelines.train import TrainConfig
 
 
-def train(
-    plan: Optional[str] = typer.Option(None, "--plan", "-p", help="Plan artifact directory (it names its scores and data)."),
-    teacher: Optional[str] = typer.Option(None, "--teacher", "-t", help="Teacher: HF dir, .gguf, or alias (smollm2-135m)."),
-    student: Optional[str] = typer.Option(None, "--student", "-s", help="Student to train: HF dir, .gguf, or alias."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output artifact directory."),
-    loss: Optional[str] = typer.Option(None, "--loss", help="fkl | rkl | jsd | skl | srkl | tvd | akl | taid."),
-    loss_form: Optional[str] = typer.Option(None, "--loss-form", help="pocl: (1-λ)·CE + λ·D | additive: CE + λ·D (DDK)."),
-    kd_weight: Optional[float] = typer.Option(None, "--kd-weight", help="Fixed λ (γ for additive) instead of the plan's per stage."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Fixed T instead of the plan's per stage."),
-    teacher_mode: Optional[str] = typer.Option(None, "--teacher-mode", help="online (teacher forward) | offline (scored top-k)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (default: the plan's stages)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Global sequences per optimizer step."),
-    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Micro-batches per process per step."),
-    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per sequence (first seq_len of each sample)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (AdamW, cosine with warmup)."),
-    mixture: Optional[str] = typer.Option(None, "--mixture", help="ddk (re-weighted every K steps) | static (plan's) | uniform."),
-    ddk_interval: Optional[int] = typer.Option(None, "--ddk-interval", help="DDK re-measurement interval K (default: the plan's)."),
-    smoothing: Optional[bool] = typer.Option(None, "--smoothing/--no-smoothing", help="DDK factor smoothing (Eq. 2)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed (sampling, dropout)."),
-    save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps (0: only at the end)."),
-    strategy: Optional[str] = typer.Option(None, "--strategy", help="Under torchrun: ddp | fsdp2."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
-    loss_impl: Optional[str] = typer.Option(None, "--loss-impl", help="chunked (fused LM head) | plain (full logits)."),
-    tensorboard: Optional[bool] = typer.Option(None, "--tensorboard/--no-tensorboard", help="Also log to TensorBoard."),
-    config: Optional[str] = ConfigOpt,
-    set_: Optional[List[str]] = SetOpt,
-    print_config: bool = PrintOpt,
-    resume: bool = ResumeOpt,
-    overwrite: bool = OverwriteOpt,
-) -> None:
+@stage_command(TrainConfig, "train", short={"plan": "-p", "teacher": "-t", "student": "-s", "out": "-o", "batch_size": "-b"})
+def train(args: StageArgs) -> None:
     """Distil the teacher into the student following a plan: curriculum stages (POCL) and domain re-weighting (DDK).
 
     Multi-process: torchrun --nproc_per_node N --no-python distillkit train ... (DDP; --strategy fsdp2 to shard).
     """
-    with handled():
-        from distillkit.pipelines import train as stage
+    import os
 
-        opts = dict(plan=plan, teacher=teacher, student=student, out=out, loss=loss, loss_form=loss_form, kd_weight=kd_weight,
-                    temperature=temperature, teacher_mode=teacher_mode, steps=steps, batch_size=batch_size,
-                    grad_accum=grad_accum, seq_len=seq_len, lr=lr, mixture=mixture, ddk_interval=ddk_interval,
-                    ddk_smoothing=smoothing, seed=seed, save_every=save_every, strategy=strategy, device=device,
-                    loss_impl=loss_impl, tensorboard=tensorboard)
-        cfg = resolve_or_print(stage.TrainConfig, config, set_, opts, print_config, "train")
-        path = stage.run(cfg, resume=resume, overwrite=overwrite)
-        import os
+    from distillkit.pipelines import train as stage
 
-        if os.environ.get("RANK", "0") == "0":
-            summary(path)
+    cfg = args.resolve()
+    res = stage.run(cfg, resume=args.resume, overwrite=args.overwrite)
+    if os.environ.get("RANK", "0") == "0":
+        summary(artifact_path(res))
 
 
 def summary(path) -> None:

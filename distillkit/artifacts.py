@@ -39,6 +39,13 @@ RUN_STATE = "run.json"  # inside <out>.partial: the config of the interrupted ru
 _LIBS = ("torch", "transformers", "pyarrow", "numpy", "datasets", "vllm", "lm_eval")
 
 
+def partial_dir(out: str | Path) -> Path:
+    """Where a stage writing `out` keeps its unfinished work (``<out>.partial``, beside `out`): what
+    ``--resume`` continues, and what readers and recipes look for to tell interrupted from absent."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
 def sha256_file(path: str | Path, bufsize: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -162,7 +169,7 @@ def read_artifact(path: str | Path, kind: str | tuple[str, ...] | None = None) -
     kinds = (kind,) if isinstance(kind, str) else kind
     want = f"a {' or '.join(kinds)} artifact" if kinds else "an artifact"
     if not p.exists():
-        partial = p.with_name(p.name + ".partial")
+        partial = partial_dir(p)
         hint = f"; an interrupted run is in {partial}: rerun its stage with --resume" if partial.exists() else ""
         raise ArtifactError(f"{p} does not exist (expected {want}){hint}")
     if not p.is_dir():
@@ -231,7 +238,7 @@ class ArtifactWriter:
         self.inputs = [
             {"path": str(a.path), "kind": a.kind, "manifest_sha256": a.sha256} for a in (inputs or [])
         ]
-        self.partial = self.out.with_name(self.out.name + ".partial")
+        self.partial = partial_dir(self.out)
         self.done = False
         self.resumed = False
         self._check_out(overwrite)

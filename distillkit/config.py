@@ -1,19 +1,24 @@
 """Typed stage configs: defaults < config file < --set key=value < explicit options.
 
-Every stage has one frozen dataclass whose fields carry their help text in
-``field(metadata={"help": ...})``. `resolve` merges the four sources, coerces
-strings to the declared types, and raises one `ConfigError` listing *every*
-problem (unknown keys come with close-match suggestions).
+Every stage has one frozen dataclass whose fields carry their help text (and the ``--help`` panel they
+are listed under) in ``opt(default, help, panel=...)``. A field may instead hold a nested frozen
+dataclass declared with ``group(Cls)`` (e.g. the data options shared by score and eval): its fields are
+keys at the top level under their own names, so config files, ``--set``, options, `to_dict` and the
+command line never see the nesting. `resolve` merges the four sources, coerces strings to the
+declared types, and raises one `ConfigError` listing *every* problem (unknown keys come with
+close-match suggestions).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
@@ -24,15 +29,130 @@ C = TypeVar("C")
 _MISSING = object()
 
 
-def opt(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with help text (shown by ``--help`` and ``--print-config``)."""
+def opt(default: Any, help: str, *, panel: str | None = None, **kw: Any) -> Any:
+    """A dataclass field with help text (shown by ``--help`` and ``--print-config``) and its ``--help`` panel."""
     if isinstance(default, (list, dict, set)):
         raise TypeError("use tuples for sequence defaults in frozen configs")
-    return dataclasses.field(default=default, metadata={"help": help, **kw})
+    meta = {"help": help, **kw}
+    if panel is not None:
+        meta["panel"] = panel
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def group(cls: type) -> Any:
+    """A field holding a nested config group (a frozen dataclass) whose keys are flattened into the parent's."""
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        raise TypeError(f"group() takes a dataclass, got {cls!r}")
+    return dataclasses.field(default_factory=cls, metadata={"group": True})
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """One flat config key: a leaf field of a config class, however deep in its groups it is declared."""
+
+    name: str
+    type: Any  # the resolved annotation
+    field: dataclasses.Field
+    path: tuple[str, ...]  # attribute names from the top config down to the field, e.g. ("data_opts", "seed")
+
+    @property
+    def help(self) -> str:
+        return self.field.metadata.get("help", "")
+
+    @property
+    def panel(self) -> str | None:
+        return self.field.metadata.get("panel")
+
+    @property
+    def default(self) -> Any:
+        """The declared default, or `_MISSING` for a required key."""
+        if self.field.default is not dataclasses.MISSING:
+            return self.field.default
+        if self.field.default_factory is not dataclasses.MISSING:
+            return self.field.default_factory()
+        return _MISSING
+
+    @property
+    def required(self) -> bool:
+        return self.default is _MISSING
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _group_type(tp: Any) -> type | None:
+    return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
+
+
+@functools.cache
+def keys(cls: type) -> dict[str, Key]:
+    """Every flat key of config class `cls` in declaration order, nested groups inlined where they are declared.
+
+    A group key that repeats a key of its parent (or of another group) is a `TypeError`: one name has to
+    mean one setting in files, ``--set`` and options alike.
+    """
+    out: dict[str, Key] = {}
+
+    def walk(c: type, path: tuple[str, ...]) -> None:
+        hints = typing.get_type_hints(c)
+        for f in dataclasses.fields(c):
+            sub = _group_type(hints[f.name])
+            if sub is not None:
+                walk(sub, (*path, f.name))
+                continue
+            if f.name in out:
+                where = ".".join(out[f.name].path)
+                raise TypeError(f"config key {f.name!r} of {cls.__name__} is declared twice ({where} and "
+                                f"{'.'.join((*path, f.name))}); rename one of them")
+            out[f.name] = Key(f.name, hints[f.name], f, (*path, f.name))
+
+    walk(cls, ())
+    return out
 
 
 def field_help(cls: type) -> dict[str, str]:
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+    return {k: key.help for k, key in keys(cls).items()}
+
+
+def _build(cls: type[C], values: Mapping[str, Any]) -> C:
+    """Instantiate `cls` (and its groups) from flat key -> value; absent keys keep their defaults."""
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        sub = _group_type(hints[f.name])
+        if sub is not None:
+            kwargs[f.name] = _build(sub, values)
+        elif f.name in values:
+            kwargs[f.name] = values[f.name]
+    return cls(**kwargs)
+
+
+def pick(cls: type[C], config: Mapping[str, Any]) -> C:
+    """A `cls` from the keys of `config` that `cls` declares (e.g. a stage's recorded config dict); other
+    keys are ignored and missing ones keep `cls`'s defaults. Values are coerced to the declared types."""
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    for name, key in keys(cls).items():
+        if name in config:
+            try:
+                values[name] = coerce(config[name], key.type, name)
+            except ConfigError as e:
+                problems.append(str(e))
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return _build(cls, values)
+
+
+def _problems(cfg: Any) -> list[str]:
+    """validate() of every nested group, then of `cfg` itself."""
+    out: list[str] = []
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            out += _problems(v)
+    validate = getattr(cfg, "validate", None)
+    return out + (list(validate()) if validate is not None else [])
 
 
 def load_file(path: str | Path, section: str | None = None) -> dict[str, Any]:
@@ -140,8 +260,7 @@ def resolve(
     section: str | None = None,
 ) -> C:
     """Build a `cls` config from defaults < file < --set < explicit options (None = not given)."""
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = keys(cls)
     layers: list[tuple[str, dict[str, Any]]] = []
     if file is not None:
         layers.append((f"--config {file}", load_file(file, section)))
@@ -159,24 +278,24 @@ def resolve(
                 problems.append(f"unknown key {key!r} in {origin}{hint}")
                 continue
             try:
-                values[key] = coerce(raw, hints[key], key)
+                values[key] = coerce(raw, fields[key].type, key)
             except ConfigError as e:
                 problems.append(str(e))
-    for name, f in fields.items():
-        if name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            problems.append(f"{name} is required (set it with --{name.replace('_', '-')} or in --config)")
+    for name, k in fields.items():
+        if name not in values and k.required:
+            problems.append(f"{name} is required (set it with {k.option} or in --config)")
     if problems:
         raise ConfigError("; ".join(problems))
-    cfg = cls(**values)
-    validate = getattr(cfg, "validate", None)
-    if validate is not None:
-        problems = list(validate())
-        if problems:
-            raise ConfigError("; ".join(problems))
+    cfg = _build(cls, values)
+    problems = _problems(cfg)
+    if problems:
+        raise ConfigError("; ".join(problems))
     return cfg
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
+    """The flat key -> value dict of a config (groups inlined where declared): what manifests record and hash."""
+
     def conv(v: Any) -> Any:
         if isinstance(v, tuple):
             return [conv(x) for x in v]
@@ -184,7 +303,14 @@ def to_dict(cfg: Any) -> dict[str, Any]:
             return str(v)
         return v
 
-    return {f.name: conv(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            out.update(to_dict(v))
+        else:
+            out[f.name] = conv(v)
+    return out
 
 
 def config_sha256(cfg_dict: dict[str, Any]) -> str:

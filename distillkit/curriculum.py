@@ -184,21 +184,11 @@ def schedule(num_stages: int, t_start: float = 1.0, t_end: float = 2.0, kd_start
 
 @dataclass(frozen=True, slots=True)
 class Curriculum:
-    table: pa.Table  # sample_id, domain, rank, stage, difficulty, num_tokens — sorted by rank
+    table: pa.Table  # `schemas.CURRICULUM_COLUMNS` (curriculum.arrow), sorted by rank
     domains: list[str]  # sorted
     pools: np.ndarray  # [S, D] cumulative pool counts
     pool_tokens: np.ndarray  # [S] target tokens in each pool
     measure: str
-
-
-CURRICULUM_COLUMNS = {
-    "sample_id": pa.string(),
-    "domain": pa.string(),
-    "rank": pa.int64(),
-    "stage": pa.int32(),
-    "difficulty": pa.float32(),
-    "num_tokens": pa.int32(),
-}
 
 
 def build_curriculum(train: pa.Table, measure: str, num_stages: int, rrf_k: int = RRF_K) -> Curriculum:
@@ -230,7 +220,7 @@ def build_curriculum(train: pa.Table, measure: str, num_stages: int, rrf_k: int 
 
 
 __all__ = [
-    "Measure", "MEASURE_COLUMNS", "MEASURE_HELP", "CURRICULUM_COLUMNS", "default_measure", "resolve_measure", "id_keys",
+    "Measure", "MEASURE_COLUMNS", "MEASURE_HELP", "default_measure", "resolve_measure", "id_keys",
     "ranks", "rrf_difficulty", "measure_values", "domain_codes", "stratify", "pool_counts", "StageSchedule",
     "schedule", "Curriculum", "build_curriculum",
 ]

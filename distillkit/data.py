@@ -30,9 +30,10 @@ import csv
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -42,6 +43,7 @@ import pyarrow.ipc as ipc
 import pyarrow.json as pj
 import pyarrow.parquet as pq
 
+from distillkit.config import opt, pick
 from distillkit.errors import ConfigError, DataError
 
 Format = Literal["text", "instruction"]
@@ -53,20 +55,52 @@ SCHEMA = pa.schema([(c, pa.string()) for c in COLUMNS])
 _SEP = "\x1f"  # joins prompt and response (and fingerprint fields): a control char real text lacks
 
 
+@dataclass(frozen=True, kw_only=True)
+class DataOptions:
+    """How to read records and split them: the data options of score and eval (one group of config keys).
+
+    Nested into `ScoreConfig` and `EvalConfig` with `distillkit.config.group`, so its keys stay flat
+    (``max_per_domain``, ``--max-per-domain``); train and eval re-read the score stage's values with
+    `from_config`. Keyword-only so that `DataSpec` can put ``path`` first.
+    """
+
+    text_field: str = opt("text", "Column holding pretraining-style text.", panel="data")
+    prompt_field: str = opt("prompt", "Column holding the instruction prompt.", panel="data")
+    response_field: str = opt("response", "Column holding the reference response.", panel="data")
+    domain_field: str | None = opt(None, "Column naming each record's domain (default: 'domain' if present, else file/folder names).",
+                                   panel="data")
+    id_field: str | None = opt(None, "Column with stable sample ids (default: 'id' if present, else a content hash).", panel="data")
+    val_size: int = opt(500, "Held-out documents per domain (at most val_fraction of the domain); eval needs score's value to "
+                             "measure on score's held-out slice.", panel="data")
+    val_fraction: float = opt(0.1, "Largest fraction of a domain held out for validation.", panel="data")
+    max_per_domain: int | None = opt(None, "Use at most this many documents per domain, before the held-out split "
+                                           "(deterministic subsample).", panel="data")
+    seed: int = opt(0, "Seed of the held-out split and the per-domain subsample (eval: also of lm-eval's sampling).", panel="data")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> DataOptions:
+        """The data options recorded in a stage's config dict (a score manifest's ``config``): exactly this
+        group's keys; a key an older artifact lacks takes the default it was made with."""
+        return pick(cls, config)
+
+    def spec(self, path: str) -> DataSpec:
+        """What `load_data` reads: these options applied to the data at `path`."""
+        return DataSpec(path=path, **{f.name: getattr(self, f.name) for f in fields(DataOptions)})
+
+    def validate(self) -> list[str]:
+        problems = [f"val_size must be >= 0, got {self.val_size}"] if self.val_size < 0 else []
+        if not 0.0 < self.val_fraction < 1.0:
+            problems.append(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.max_per_domain is not None and self.max_per_domain < 1:
+            problems.append(f"max_per_domain must be >= 1 or unset, got {self.max_per_domain}")
+        return problems
+
+
 @dataclass(frozen=True)
-class DataSpec:
-    """What to read and how; the fields mirror the score stage's CLI options."""
+class DataSpec(DataOptions):
+    """What to read (`path`, resolved) and how (the inherited `DataOptions`): ``DataSpec(path, val_size=3)``."""
 
     path: str
-    text_field: str = "text"
-    prompt_field: str = "prompt"
-    response_field: str = "response"
-    domain_field: str | None = None  # None: a "domain" column if present, else the file/folder name
-    id_field: str | None = None  # None: an "id" column if present, else a content hash
-    val_size: int = 500  # held-out records per domain: min(val_size, ceil(val_fraction * n)); 0: none
-    val_fraction: float = 0.1
-    max_per_domain: int | None = None  # deterministic subsample per domain (demos, smoke runs)
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -137,11 +171,7 @@ def shard_rows(n: int, shard: int, num_shards: int) -> range:
 
 
 def _check_spec(spec: DataSpec) -> None:
-    problems = [f"val_size must be >= 0, got {spec.val_size}"] if spec.val_size < 0 else []
-    if not 0.0 <= spec.val_fraction < 1.0:
-        problems.append(f"val_fraction must be in [0, 1), got {spec.val_fraction}")
-    if spec.max_per_domain is not None and spec.max_per_domain < 1:
-        problems.append(f"max_per_domain must be >= 1 or unset, got {spec.max_per_domain}")
+    problems = spec.validate()
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -446,3 +476,63 @@ def _some(items: list[str] | tuple[str, ...] | Path, limit: int = 20) -> str:
         items = sorted(e.name + ("/" if e.is_dir() else "") for e in items.iterdir())
     more = f" and {len(items) - limit} more" if len(items) > limit else ""
     return ", ".join(items[:limit]) + more if items else "nothing"
+
+
+# --- tokenization: score, train and eval turn the same rows into the same token sequences -------------
+
+
+@dataclass
+class Samples:
+    """Tokenized samples: targets are ids[target_start:] (predicted from the tokens before them)."""
+
+    sample_id: list[str]
+    domain: list[str]
+    split: list[str]
+    ids: list[list[int]]
+    target_start: list[int]
+    responses: list[str] | None
+    dropped: int
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def tokenize(rows: pa.Table, fmt: str, tok, max_length: int) -> Samples:
+    """Token ids of each row, at most `max_length`: text rows are scored from their second token;
+    prompt/response rows keep at most half of `max_length` for the prompt (its end) and score only the
+    response and EOS. Rows left with no target token are dropped (counted in `dropped`)."""
+    sid, dom, spl = (rows.column(c).to_pylist() for c in ("sample_id", "domain", "split"))
+    keep: list[int] = []
+    ids: list[list[int]] = []
+    starts: list[int] = []
+    if fmt == "instruction":
+        prompts = tok(rows.column("prompt").to_pylist())["input_ids"]
+        resp_text = rows.column("response").to_pylist()
+        resps = tok(resp_text, add_special_tokens=False)["input_ids"]
+        eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+        for i, (p, r) in enumerate(zip(prompts, resps)):
+            p = p[-(max_length // 2) :] if len(p) > max_length // 2 else p  # keep room for the answer
+            seq = (p + r + eos)[:max_length]
+            if len(p) == 0 or len(seq) <= len(p):
+                continue
+            keep.append(i)
+            ids.append(seq)
+            starts.append(len(p))
+    else:
+        enc = tok(rows.column("text").to_pylist())["input_ids"]
+        for i, seq in enumerate(enc):
+            seq = seq[:max_length]
+            if len(seq) < 2:
+                continue
+            keep.append(i)
+            ids.append(seq)
+            starts.append(1)
+    return Samples(
+        sample_id=[sid[i] for i in keep],
+        domain=[dom[i] for i in keep],
+        split=[spl[i] for i in keep],
+        ids=ids,
+        target_start=starts,
+        responses=[resp_text[i] for i in keep] if fmt == "instruction" else None,
+        dropped=rows.num_rows - len(keep),
+    )

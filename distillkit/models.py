@@ -3,7 +3,7 @@
 A spec is a Hugging Face model directory (with config.json), a ``.gguf`` file, an alias from
 ``ALIASES``, or ``tiny-random`` (a tiny random Llama built locally for smoke runs, `distillkit.tiny`).
 GGUF files are de-quantized by transformers once and cached as a safetensors directory
-under ``cache_dir()/gguf/<sha256[:16]>/``: later loads take ~0.4 s instead of ~13 s, and vLLM (which has
+under ``cache_dir()/gguf/<sha256[:16]>/`` (`distillkit.cache`): later loads take ~0.4 s instead of ~13 s, and vLLM (which has
 no GGUF loader for these) can read the result. Nothing here downloads: specs are local only.
 """
 
@@ -13,18 +13,20 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from distillkit.cache import build_cached_dir, cache_dir
 from distillkit.errors import ModelError, TokenizerMismatch
+from distillkit.tiny import TINY_MODELS, tiny_model
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+# The one dtype choice of the library (engines, loaders): auto = bf16 where the hardware runs it fast.
 DType = Literal["auto", "float32", "bfloat16"]
 SOURCE_FILE = "distillkit-source.json"  # in a converted GGUF directory: where it came from
 
@@ -47,12 +49,6 @@ ALIASES: dict[str, Alias] = {
 }
 
 
-def cache_dir() -> Path:
-    """Where converted models live: $DISTILLKIT_CACHE, else ~/.cache/distillkit."""
-    env = os.environ.get("DISTILLKIT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "distillkit"
-
-
 def alias_path(name: str) -> Path:
     """The GGUF file behind an alias, located without importing its package."""
     alias = ALIASES[name]
@@ -68,8 +64,6 @@ def alias_path(name: str) -> Path:
 
 
 def _not_a_model(spec: str, why: str) -> ModelError:
-    from distillkit.tiny import TINY_MODELS
-
     names = ", ".join([*ALIASES, *TINY_MODELS])
     return ModelError(f"{spec} is not a model ({why}): expected a Hugging Face model directory "
                       f"(with config.json), a .gguf file, or one of: {names}")
@@ -80,11 +74,7 @@ def resolve_model(spec: str | os.PathLike) -> Path:
     spec = str(spec)
     if spec in ALIASES:
         return _converted_gguf(alias_path(spec))
-    from distillkit.tiny import TINY_MODELS
-
     if spec in TINY_MODELS and not Path(spec).exists():
-        from distillkit.tiny import tiny_model
-
         return tiny_model(spec)
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -139,24 +129,6 @@ def file_sha256(path: Path) -> str:
     return digest
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove_stale_tmp(parent: Path, name: str) -> None:
-    """Delete temp dirs left by killed conversions (their pid is in the name and no longer runs)."""
-    for tmp in parent.glob(f".{name}.tmp*"):
-        pid = tmp.name.rsplit(".tmp", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _converted_gguf(gguf: Path) -> Path:
     gguf = gguf.resolve()
     digest = file_sha256(gguf)
@@ -169,26 +141,6 @@ def _converted_gguf(gguf: Path) -> Path:
         _write_json_atomic(tmp / SOURCE_FILE, {"gguf": str(gguf), "sha256": digest, "size": gguf.stat().st_size})
 
     return build_cached_dir(dest, SOURCE_FILE, build)
-
-
-def build_cached_dir(dest: Path, marker: str, build) -> Path:
-    """Build a cache directory at most once: `build(tmp)` fills a private temp dir (which must end by
-    writing `marker`), then it is renamed into place. A killed build leaves only its temp dir, removed by
-    the next build; a concurrent build that finished first wins."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(dest.parent, dest.name)
-    tmp = dest.parent / f".{dest.name}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        build(tmp)
-        try:
-            os.replace(tmp, dest)
-        except OSError:
-            if not (dest / marker).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
@@ -368,6 +320,8 @@ def model_fingerprint(model_dir: str | Path) -> str:
     h = hashlib.sha256()
     for f in sorted(d.iterdir()):
         if not f.is_file() or f.suffix not in (".safetensors", ".bin", ".json", ".model", ".pt", ".txt"):
+            continue
+        if f.name == "manifest.json":  # a pruned student is also an artifact: its manifest (dates, commit) is no weight
             continue
         size = f.stat().st_size
         h.update(f"{f.name}:{size}\n".encode())

@@ -93,16 +93,39 @@ def prune_model(src_spec: str, out: str | os.PathLike, keep_layers: str | None =
 
     Exactly one of `keep_layers` / `drop_layers` (layer lists as in parse_layers). Writes `out` whole or not
     at all; a non-empty `out` is refused unless `overwrite`. Returns what it records in distillkit-prune.json.
+    (`distillkit prune` runs the prune stage, `distillkit.pipelines.prune`, which writes the same directory
+    as an artifact with a manifest.)
     """
-    from distillkit import __version__
-    from distillkit.models import load_model, load_tokenizer, resolve_model
-
     if (keep_layers is None) == (drop_layers is None):
         raise ConfigError("give exactly one of keep_layers (e.g. 0-15,23-29) or drop_layers (e.g. 16-22)")
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise OutputExists(f"{out} already exists and is not empty: choose another output or pass overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    old = out.with_name(f".{out.name}.old{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        record = write_pruned(src_spec, tmp, keep_layers=keep_layers, drop_layers=drop_layers)
+        if out.exists():
+            os.replace(out, old)  # overwrite (or an empty dir): swap the old one out only once the new is whole
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.is_file():
+            old.unlink()
+        shutil.rmtree(old, ignore_errors=True)
+    return record
 
+
+def write_pruned(src_spec: str, dest: str | os.PathLike, keep_layers: str | None = None,
+                 drop_layers: str | None = None) -> dict[str, Any]:
+    """Prune `src_spec` and write the model, its tokenizer and `PRUNE_FILE` into the directory `dest` (no swap)."""
+    from distillkit import __version__
+    from distillkit.models import load_model, load_tokenizer, resolve_model
+
+    if (keep_layers is None) == (drop_layers is None):
+        raise ConfigError("give exactly one of keep_layers (e.g. 0-15,23-29) or drop_layers (e.g. 16-22)")
     src_dir = resolve_model(src_spec)
     model = load_model(src_spec, dtype="float32")
     tok = load_tokenizer(src_spec)
@@ -128,21 +151,8 @@ def prune_model(src_spec: str, out: str | os.PathLike, keep_layers: str | None =
         "distillkit_version": __version__,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    old = out.with_name(f".{out.name}.old{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / PRUNE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            os.replace(out, old)  # overwrite (or an empty dir): swap the old one out only once the new is whole
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.is_file():
-            old.unlink()
-        shutil.rmtree(old, ignore_errors=True)
+    dest = Path(dest)
+    model.save_pretrained(dest)
+    tok.save_pretrained(dest)
+    (dest / PRUNE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return record

@@ -1,6 +1,9 @@
-"""The work behind `distillkit score`: tokenize, score in resumable chunks, summarise per domain.
+"""The work behind `distillkit score`: score tokenized samples in resumable chunks, summarise per domain.
 
-Column contract of ``samples.arrow`` (pinned by tests): sample_id, domain, split,
+Tokenization (`distillkit.data.tokenize`), the column types (`distillkit.schemas`) and the per-domain
+table (`distillkit.domains.domain_table`) live where train and eval share them without this module.
+
+Column contract of ``samples.arrow`` (pinned by tests; types in `distillkit.schemas`): sample_id, domain, split,
 num_tokens (target tokens), teacher_nll and student_nll (mean NLL per target
 token, nats), student_ce (= student_nll, POCL's CE measure), nll_gap
 (student - teacher), ppl_ratio (exp of the gap), difficulty (higher = harder),
@@ -19,91 +22,18 @@ that predicts token_ids[t + 1].
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-SAMPLE_COLUMNS = {
-    "sample_id": pa.string(),
-    "domain": pa.string(),
-    "split": pa.string(),
-    "num_tokens": pa.int32(),
-    "teacher_nll": pa.float32(),
-    "student_nll": pa.float32(),
-    "student_ce": pa.float32(),
-    "nll_gap": pa.float32(),
-    "ppl_ratio": pa.float32(),
-    "difficulty": pa.float32(),
-}
-DOMAIN_COLUMNS = {
-    "domain": pa.string(),
-    "num_samples": pa.int64(),
-    "num_tokens": pa.int64(),
-    "teacher_ppl": pa.float64(),
-    "student_ppl": pa.float64(),
-    "ppl_ratio": pa.float64(),
-}
-_BASE = ["sample_id", "domain", "split", "num_tokens", "teacher_nll", "student_nll"]
+from distillkit.domains import domain_table
+from distillkit.schemas import CHUNK_COLUMNS, SAMPLE_COLUMNS
 
-
-@dataclass
-class Samples:
-    """Tokenized samples: targets are ids[target_start:] (predicted from the tokens before them)."""
-
-    sample_id: list[str]
-    domain: list[str]
-    split: list[str]
-    ids: list[list[int]]
-    target_start: list[int]
-    responses: list[str] | None
-    dropped: int
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-def tokenize(rows: pa.Table, fmt: str, tok, max_length: int) -> Samples:
-    sid, dom, spl = (rows.column(c).to_pylist() for c in ("sample_id", "domain", "split"))
-    keep: list[int] = []
-    ids: list[list[int]] = []
-    starts: list[int] = []
-    if fmt == "instruction":
-        prompts = tok(rows.column("prompt").to_pylist())["input_ids"]
-        resp_text = rows.column("response").to_pylist()
-        resps = tok(resp_text, add_special_tokens=False)["input_ids"]
-        eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
-        for i, (p, r) in enumerate(zip(prompts, resps)):
-            p = p[-(max_length // 2) :] if len(p) > max_length // 2 else p  # keep room for the answer
-            seq = (p + r + eos)[:max_length]
-            if len(p) == 0 or len(seq) <= len(p):
-                continue
-            keep.append(i)
-            ids.append(seq)
-            starts.append(len(p))
-    else:
-        enc = tok(rows.column("text").to_pylist())["input_ids"]
-        for i, seq in enumerate(enc):
-            seq = seq[:max_length]
-            if len(seq) < 2:
-                continue
-            keep.append(i)
-            ids.append(seq)
-            starts.append(1)
-    return Samples(
-        sample_id=[sid[i] for i in keep],
-        domain=[dom[i] for i in keep],
-        split=[spl[i] for i in keep],
-        ids=ids,
-        target_start=starts,
-        responses=[resp_text[i] for i in keep] if fmt == "instruction" else None,
-        dropped=rows.num_rows - len(keep),
-    )
+if TYPE_CHECKING:
+    from distillkit.data import Samples
 
 
 def _chunk_name(c: int) -> str:
@@ -196,7 +126,7 @@ def concat_chunks(writer) -> pa.Table:
     from distillkit.artifacts import read_arrow
 
     parts = sorted(writer.path("chunks").glob("part-*.arrow"))
-    return pa.concat_tables([read_arrow(p) for p in parts]) if parts else pa.table({c: pa.array([], t) for c, t in SAMPLE_COLUMNS.items() if c in _BASE})
+    return pa.concat_tables([read_arrow(p) for p in parts]) if parts else pa.table({c: pa.array([], t) for c, t in SAMPLE_COLUMNS.items() if c in CHUNK_COLUMNS})
 
 
 def finalize(table: pa.Table) -> tuple[pa.Table, pa.Table]:
@@ -206,7 +136,7 @@ def finalize(table: pa.Table) -> tuple[pa.Table, pa.Table]:
     t_nll = table.column("teacher_nll").to_numpy().astype(np.float64)
     s_nll = table.column("student_nll").to_numpy().astype(np.float64)
     ids = table.column("sample_id").to_pylist()
-    cols = {c: table.column(c) for c in _BASE}
+    cols = {c: table.column(c) for c in CHUNK_COLUMNS}
     cols["num_tokens"] = table.column("num_tokens").cast(pa.int32())
     cols["student_ce"] = pa.array(s_nll, pa.float32())
     cols["nll_gap"] = pa.array(s_nll - t_nll, pa.float32())
@@ -221,36 +151,6 @@ def finalize(table: pa.Table) -> tuple[pa.Table, pa.Table]:
     return samples, domain_table(samples)
 
 
-def difficulty_measure(samples: pa.Table) -> str:
-    return "rrf" if "rouge_l" in samples.column_names else "student_ce"
-
-
-def domain_table(samples: pa.Table) -> pa.Table:
-    """Token-weighted per-domain perplexities on the held-out slice (training rows if a domain has none)."""
-    out: dict[str, list] = {k: [] for k in ("domain", "num_samples", "num_tokens", "teacher_nll", "student_nll", "teacher_ppl", "student_ppl", "ppl_ratio", "heldout", "num_train_samples")}
-    domains = sorted(set(samples.column("domain").to_pylist()))
-    for d in domains:
-        in_d = samples.filter(pc.equal(samples.column("domain"), d))
-        val = in_d.filter(pc.equal(in_d.column("split"), "validation"))
-        heldout = val.num_rows > 0
-        use = val if heldout else in_d
-        n = use.column("num_tokens").to_numpy().astype(np.float64)
-        t = float(np.sum(use.column("teacher_nll").to_numpy() * n) / n.sum())
-        s = float(np.sum(use.column("student_nll").to_numpy() * n) / n.sum())
-        out["domain"].append(d)
-        out["num_samples"].append(use.num_rows)
-        out["num_tokens"].append(int(n.sum()))
-        out["teacher_nll"].append(t)
-        out["student_nll"].append(s)
-        out["teacher_ppl"].append(math.exp(t))
-        out["student_ppl"].append(math.exp(s))
-        out["ppl_ratio"].append(math.exp(s - t))
-        out["heldout"].append(heldout)
-        out["num_train_samples"].append(in_d.num_rows - val.num_rows)
-    types = {**DOMAIN_COLUMNS, "teacher_nll": pa.float64(), "student_nll": pa.float64(), "heldout": pa.bool_(), "num_train_samples": pa.int64()}
-    return pa.table({k: pa.array(v, types[k]) for k, v in out.items()})
-
-
 def merge_shards(dirs: list[Path], out: Path, *, overwrite: bool = False) -> Path:
     """Join complete shard artifacts (all i of one n, same config) into one score artifact."""
     import shutil
@@ -258,11 +158,14 @@ def merge_shards(dirs: list[Path], out: Path, *, overwrite: bool = False) -> Pat
     from distillkit.artifacts import ArtifactWriter, read_artifact
     from distillkit.errors import ArtifactError
 
+    from distillkit.records import ScoreRecord
+
     arts = [read_artifact(d, "score") for d in dirs]
-    shards = sorted(arts, key=lambda a: a.manifest.get("shard", [0, 1])[0])
-    n = shards[0].manifest.get("shard", [0, 1])[1]
-    got = [a.manifest.get("shard", [0, 1]) for a in shards]
-    if got != [[i, n] for i in range(n)]:
+    records = {a.path: ScoreRecord.from_manifest(a.manifest, f"{a.path}/manifest.json") for a in arts}
+    shards = sorted(arts, key=lambda a: records[a.path].shard[0])
+    n = records[shards[0].path].shard[1]
+    got = [records[a.path].shard for a in shards]
+    if got != [(i, n) for i in range(n)]:
         have = ", ".join(f"{i}/{m}" for i, m in got)
         raise ArtifactError(f"--merge needs every shard 0..{n - 1} of {n} exactly once, got {have}")
     base = {k: v for k, v in shards[0].config.items() if k != "shard"}
@@ -274,12 +177,12 @@ def merge_shards(dirs: list[Path], out: Path, *, overwrite: bool = False) -> Pat
     writer = ArtifactWriter(out, "score", {**base, "shard": f"merged/{n}"}, inputs=shards, overwrite=overwrite)
     if writer.done:
         return out
-    table = pa.concat_tables([a.table("samples.arrow").select(_BASE + (["rouge_l"] if "rouge_l" in a.table("samples.arrow").column_names else [])) for a in shards])
+    table = pa.concat_tables([a.table("samples.arrow").select(CHUNK_COLUMNS + (["rouge_l"] if "rouge_l" in a.table("samples.arrow").column_names else [])) for a in shards])
     samples, domains = finalize(table)
     writer.write("samples.arrow", samples)
     writer.write("domains.arrow", domains)
     for a in shards:
-        i = a.manifest["shard"][0]
+        i = records[a.path].shard[0]
         for name in a.files("topk/"):
             dst = writer.path(f"topk/shard{i:04d}-{Path(name).name}")
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -289,8 +192,8 @@ def merge_shards(dirs: list[Path], out: Path, *, overwrite: bool = False) -> Pat
         vals = [a.manifest["figures"].get(key) for a in shards if a.manifest["figures"].get(key)]
         if vals:
             figures[key] = round(float(np.mean(vals)), 1)
-    m0 = shards[0].manifest
-    writer.finish(figures, extra={"shard": [0, 1], "merged_from": n, "format": m0.get("format"), "data_sources": m0.get("data_sources"),
-                                  "teacher_dir": m0.get("teacher_dir"), "student_dir": m0.get("student_dir"),
-                                  **({"topk": m0["topk"]} if "topk" in m0 else {})})
+    import dataclasses
+
+    whole = dataclasses.replace(records[shards[0].path], shard=(0, 1))
+    writer.finish(figures, extra={**whole.to_manifest(), "merged_from": n})
     return out

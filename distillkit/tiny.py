@@ -14,6 +14,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from distillkit.cache import build_cached_dir, cache_dir
+
 TINY_FILE = "distillkit-tiny.json"  # written last into a built model: its presence marks the build complete
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")
 
@@ -38,8 +40,6 @@ TINY_MODELS: dict[str, TinySpec] = {"tiny-random": TinySpec()}
 
 def tiny_model(name: str = "tiny-random") -> Path:
     """The cached model directory of tiny model `name`, built (once, atomically) if missing."""
-    from distillkit.models import build_cached_dir, cache_dir
-
     spec = TINY_MODELS[name]
     dest = cache_dir() / "tiny" / f"{name}-v{spec.version}"
     if (dest / TINY_FILE).is_file():

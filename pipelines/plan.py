@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from distillkit.config import opt, to_dict
+from distillkit.pipelines.stage import StageResult, result
 from distillkit.curriculum import Measure
 from distillkit.mixture import DDK_ALPHA, DDK_INTERVAL, MixtureKind
 
@@ -30,24 +31,24 @@ KIND = "plan"
 
 @dataclass(frozen=True)
 class PlanConfig:
-    scores: str = opt(None, "Score artifact directory (written by `distillkit score`).")
-    out: str = opt(None, "Output artifact directory.")
-    measure: Measure = opt("auto", "Difficulty measure: rrf (ROUGE-L + student CE, POCL), student_ce, ppl_ratio, nll_gap; auto = rrf when the scores have ROUGE-L, else student_ce.")
-    stages: int = opt(4, "Number of curriculum stages S; stage s trains on the easiest (s+1)/S of every domain.")
-    curriculum: bool = opt(True, "false: one stage with all training data (the no-curriculum ablation).")
-    stage_length: float | None = opt(None, "Training length of each stage, in stage_unit (default: 1 epoch; required for steps).")
-    stage_unit: Literal["epochs", "steps"] = opt("epochs", "Unit of stage_length: epochs over the stage's pool, or optimizer steps.")
-    restart_optimizer: bool = opt(False, "Restart optimizer and LR schedule at each stage (POCL's reference code does).")
-    temperature_start: float = opt(1.0, "Distillation temperature of the first stage.")
-    temperature_end: float = opt(2.0, "Distillation temperature of the last stage (linear in between).")
-    kd_weight_start: float = opt(0.7, "KD weight λ of the first stage: loss = (1-λ)·CE + λ·KD.")
-    kd_weight_end: float = opt(1.0, "KD weight λ of the last stage (linear in between).")
-    mixture: MixtureKind = opt("ddk", "Domain mixture: ddk (softmax of student/teacher perplexity ratio), uniform, proportional (by training tokens).")
-    ddk_alpha: float = opt(DDK_ALPHA, "DDK Eq. 2 smoothing α, for train's re-weighting.")
-    ddk_interval: int = opt(DDK_INTERVAL, "DDK re-measurement interval K in steps, for train.")
-    ddk_smoothing: bool = opt(True, "DDK factor smoothing (Eq. 2); false re-applies Eq. 1 at each interval.")
-    rrf_k: int = opt(60, "Reciprocal rank fusion constant k of the rrf measure.")
-    plot: bool = opt(False, "Also write plan.png: difficulty by domain with stage cuts, and the mixture.")
+    scores: str = opt(None, "Score artifact directory (written by `distillkit score`).", panel="inputs")
+    out: str = opt(None, "Output artifact directory.", panel="output")
+    measure: Measure = opt("auto", "Difficulty measure: rrf (ROUGE-L + student CE, POCL), student_ce, ppl_ratio, nll_gap; auto = rrf when the scores have ROUGE-L, else student_ce.", panel="curriculum")
+    stages: int = opt(4, "Number of curriculum stages S; stage s trains on the easiest (s+1)/S of every domain.", panel="curriculum")
+    curriculum: bool = opt(True, "false: one stage with all training data (the no-curriculum ablation).", panel="curriculum")
+    stage_length: float | None = opt(None, "Training length of each stage, in stage_unit (default: 1 epoch; required for steps).", panel="curriculum")
+    stage_unit: Literal["epochs", "steps"] = opt("epochs", "Unit of stage_length: epochs over the stage's pool, or optimizer steps.", panel="curriculum")
+    restart_optimizer: bool = opt(False, "Restart optimizer and LR schedule at each stage (POCL's reference code does).", panel="curriculum")
+    temperature_start: float = opt(1.0, "Distillation temperature of the first stage.", panel="schedule")
+    temperature_end: float = opt(2.0, "Distillation temperature of the last stage (linear in between).", panel="schedule")
+    kd_weight_start: float = opt(0.7, "KD weight λ of the first stage: loss = (1-λ)·CE + λ·KD.", panel="schedule")
+    kd_weight_end: float = opt(1.0, "KD weight λ of the last stage (linear in between).", panel="schedule")
+    mixture: MixtureKind = opt("ddk", "Domain mixture: ddk (softmax of student/teacher perplexity ratio), uniform, proportional (by training tokens).", panel="mixture")
+    ddk_alpha: float = opt(DDK_ALPHA, "DDK Eq. 2 smoothing α, for train's re-weighting.", panel="mixture")
+    ddk_interval: int = opt(DDK_INTERVAL, "DDK re-measurement interval K in steps, for train.", panel="mixture")
+    ddk_smoothing: bool = opt(True, "DDK factor smoothing (Eq. 2); false re-applies Eq. 1 at each interval.", panel="mixture")
+    rrf_k: int = opt(60, "Reciprocal rank fusion constant k of the rrf measure.", panel="curriculum")
+    plot: bool = opt(False, "Also write plan.png: difficulty by domain with stage cuts, and the mixture.", panel="output")
 
     def validate(self) -> list[str]:
         problems = []
@@ -89,7 +90,7 @@ class PlanConfig:
         return {"unit": "epochs", "value": 1.0 if self.stage_length is None else float(self.stage_length)}
 
 
-def run(cfg: PlanConfig, resume: bool = False, overwrite: bool = False) -> Path:
+def run(cfg: PlanConfig, resume: bool = False, overwrite: bool = False) -> StageResult:
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -98,19 +99,21 @@ def run(cfg: PlanConfig, resume: bool = False, overwrite: bool = False) -> Path:
     from distillkit.errors import ArtifactError
     from distillkit.mixture import mixture_weights
     from distillkit.progress import console
-    from distillkit.scoring import DOMAIN_COLUMNS
+    from distillkit.schemas import DOMAIN_COLUMNS, PLAN_SAMPLE_COLUMNS
 
     t0 = time.time()
     # Everything that can be wrong with the input is checked before --out is touched.
     scores = read_artifact(cfg.scores, "score")
-    shard = scores.manifest.get("shard", [0, 1])
-    if isinstance(shard, list) and len(shard) == 2 and shard[1] > 1:
+    from distillkit.records import ScoreRecord
+
+    shard = ScoreRecord.from_manifest(scores.manifest, f"{scores.path}/manifest.json").shard
+    if shard[1] > 1:
         raise ArtifactError(f"{scores.path} is shard {shard[0]}/{shard[1]} of a score run; join the shards first "
                             "with `distillkit score --merge SHARD ... --out DIR` and plan from that")
     samples = scores.table("samples.arrow")
     measure = cur.resolve_measure(cfg.measure, samples.column_names)
 
-    needed = {"sample_id": pa.string(), "domain": pa.string(), "split": pa.string(), "num_tokens": pa.int32()}
+    needed = dict(PLAN_SAMPLE_COLUMNS)
     needed.update({c: pa.float32() for c in cur.MEASURE_COLUMNS[measure]})
     check_columns(samples, needed, str(scores.path / "samples.arrow"))
     domains = scores.table("domains.arrow", DOMAIN_COLUMNS)
@@ -153,47 +156,47 @@ def run(cfg: PlanConfig, resume: bool = False, overwrite: bool = False) -> Path:
         }
     )
 
+    from distillkit.records import MixtureSettings, PlannedStage, PlanRecord, StageLength
+
     stages = []
     for sch in cur.schedule(num_stages, cfg.temperature_start, cfg.temperature_end, cfg.kd_weight_start, cfg.kd_weight_end):
         pool = curric.pools[sch.stage]
         prev = int(curric.pools[sch.stage - 1].sum()) if sch.stage else 0
-        stages.append({"stage": sch.stage, "fraction": sch.fraction, "temperature": sch.temperature, "kd_weight": sch.kd_weight,
-                       "num_samples": int(pool.sum()), "num_new": int(pool.sum()) - prev,
-                       "num_tokens": int(curric.pool_tokens[sch.stage]),
-                       "domains": {d: int(c) for d, c in zip(names, pool)}})
-    plan_info: dict[str, Any] = {
-        "measure": measure,
-        "measure_help": cur.MEASURE_HELP[measure],
-        "num_stages": num_stages,
-        "curriculum": cfg.curriculum,
-        "stratified": "per domain: stage s holds the easiest ceil((s+1)*n_d/S) training samples of every domain d",
-        "stage_length": cfg.stage_length_entry(),
-        "restart_optimizer": cfg.restart_optimizer,
-        "stages": stages,
-        "mixture": {"kind": cfg.mixture, "alpha": cfg.ddk_alpha, "interval": cfg.ddk_interval, "smoothing": cfg.ddk_smoothing},
-        "scores": str(scores.path),
-        "scores_manifest_sha256": scores.sha256,
-        "train_samples": curric.table.num_rows,
-        "validation_samples": {d: validation.get(d, 0) for d in sorted(set(validation) | set(names))},
-        "domains_without_train": no_train,
-    }
-    if measure == "rrf":
-        plan_info["rrf_k"] = cfg.rrf_k
+        stages.append(PlannedStage(stage=sch.stage, fraction=sch.fraction, temperature=sch.temperature, kd_weight=sch.kd_weight,
+                                   num_samples=int(pool.sum()), num_new=int(pool.sum()) - prev,
+                                   num_tokens=int(curric.pool_tokens[sch.stage]),
+                                   domains={d: int(c) for d, c in zip(names, pool)}))
+    record = PlanRecord(
+        measure=measure,
+        measure_help=cur.MEASURE_HELP[measure],
+        num_stages=num_stages,
+        curriculum=cfg.curriculum,
+        stratified="per domain: stage s holds the easiest ceil((s+1)*n_d/S) training samples of every domain d",
+        stage_length=StageLength(**cfg.stage_length_entry()),
+        restart_optimizer=cfg.restart_optimizer,
+        stages=tuple(stages),
+        mixture=MixtureSettings(kind=cfg.mixture, alpha=cfg.ddk_alpha, interval=cfg.ddk_interval, smoothing=cfg.ddk_smoothing),
+        scores=str(scores.path),
+        scores_manifest_sha256=scores.sha256,
+        train_samples=curric.table.num_rows,
+        validation_samples={d: validation.get(d, 0) for d in sorted(set(validation) | set(names))},
+        domains_without_train=tuple(no_train),
+        rrf_k=cfg.rrf_k if measure == "rrf" else None,
+    )
 
     ident = {k: v for k, v in to_dict(cfg).items() if k != "out"}
     ident["scores_manifest_sha256"] = scores.sha256
     writer = ArtifactWriter(cfg.out, KIND, ident, inputs=[scores], resume=resume, overwrite=overwrite)
     if writer.done:
-        console.print(f"[green]plan[/] {cfg.out} is complete for this config: nothing to do")
-        return Path(cfg.out)
+        return result(writer)
     writer.write("curriculum.arrow", curric.table)
     writer.write("mixture.arrow", mixture)
     if cfg.plot:
-        plot_plan(curric.table, mixture, plan_info, writer.path("plan.png"))
+        plot_plan(curric.table, mixture, record, writer.path("plan.png"))
     figures = {"train_samples": curric.table.num_rows, "validation_samples": int(sum(validation.values())),
                "domains": len(names), "wall_s": round(time.time() - t0, 2)}
-    writer.finish(figures, extra={"plan": plan_info})
-    return Path(cfg.out)
+    writer.finish(figures, extra={"plan": record.to_manifest()})
+    return result(writer)
 
 
 def _tokens_by_domain(table, names: list[str]) -> np.ndarray:
@@ -203,7 +206,7 @@ def _tokens_by_domain(table, names: list[str]) -> np.ndarray:
     return np.bincount(codes, weights=table.column("num_tokens").to_numpy().astype(np.float64), minlength=len(names)).astype(np.int64)
 
 
-def plot_plan(curriculum, mixture, plan_info: dict[str, Any], path: Path) -> None:
+def plot_plan(curriculum, mixture, record, path: Path) -> None:
     """Difficulty distribution by domain with the range each stage adds, beside the mixture."""
     import matplotlib
 
@@ -215,7 +218,7 @@ def plot_plan(curriculum, mixture, plan_info: dict[str, Any], path: Path) -> Non
     names, codes = domain_codes(curriculum.column("domain"))
     x = curriculum.column("difficulty").to_numpy().astype(np.float64)
     stage = curriculum.column("stage").to_numpy().astype(np.int64)
-    measure, num_stages, n = plan_info["measure"], plan_info["num_stages"], len(x)
+    measure, num_stages, n = record.measure, record.num_stages, len(x)
     xlabel = f"difficulty: {measure} (higher = harder)"
     if measure == "rrf":  # RRF values crowd near 1 on large sets; its ranks are what the curriculum uses
         pct = np.empty(n)
@@ -271,7 +274,7 @@ def plot_plan(curriculum, mixture, plan_info: dict[str, Any], path: Path) -> Non
     ax2.set_ylim(len(names) - 0.5, -0.6)
     ax2.set_xlim(0, max(w.max() * 1.8, 1.5 / len(names)))
     ax2.set_xlabel("sampling weight (sums to 1)")
-    kind = plan_info["mixture"]["kind"]
+    kind = record.mixture.kind
     ax2.set_title(f"domain mixture: {kind}" + (" = softmax(ppl_S / ppl_T)" if kind == "ddk" else "")
                   + "\nheld-out perplexity ratio in brackets", fontsize=10)
     ax2.legend(loc="lower right", fontsize=8)

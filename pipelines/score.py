@@ -16,37 +16,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from distillkit.config import opt, to_dict
+from distillkit.config import group, opt, to_dict
+from distillkit.data import DataOptions
+from distillkit.pipelines.stage import StageResult, result
 from distillkit.errors import ConfigError
+from distillkit.records import ScoreRecord, TopKInfo
 
 KIND = "score"
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    data: str = opt(None, "Data set: JSONL/Parquet/Arrow/CSV file, save_to_disk dir, or a folder of text files.")
-    teacher: str = opt(None, "Teacher model: HF directory, .gguf file, or alias (smollm2-135m).")
-    student: str = opt(None, "Student model: HF directory, .gguf file, or alias.")
-    out: str = opt(None, "Output artifact directory.")
-    engine: Literal["auto", "hf", "vllm"] = opt("auto", "Inference engine: vllm when it imports and a GPU is present, else hf.")
-    dtype: Literal["auto", "float32", "bfloat16"] = opt("auto", "Model dtype for scoring (auto: bf16 where the hardware runs it fast).")
-    text_field: str = opt("text", "Column holding pretraining-style text.")
-    prompt_field: str = opt("prompt", "Column holding the instruction prompt.")
-    response_field: str = opt("response", "Column holding the reference response.")
-    domain_field: str | None = opt(None, "Column naming each record's domain (default: 'domain' if present, else file/folder names).")
-    id_field: str | None = opt(None, "Column with stable sample ids (default: 'id' if present, else a content hash).")
-    val_size: int = opt(500, "Held-out documents per domain (at most val_fraction of the domain).")
-    val_fraction: float = opt(0.1, "Largest fraction of a domain held out for validation.")
-    max_per_domain: int | None = opt(None, "Use at most this many documents per domain (deterministic subsample).")
-    seed: int = opt(0, "Seed for the held-out split and subsampling.")
-    max_length: int = opt(1024, "Truncate each sample to this many tokens.")
-    batch_tokens: int = opt(8192, "Padded tokens per forward batch (hf engine).")
-    chunk_size: int = opt(256, "Samples per resumable chunk.")
-    top_k: int = opt(0, "Store the teacher's top-k log-probs per position (0: off).")
-    topk_format: Literal["uint8", "float16"] = opt("uint8", "Stored top-k log-probs: uint8 codes on a per-position log grid (~3x smaller), or float16.")
-    rouge: Literal["auto", "on", "off"] = opt("auto", "ROUGE-L of the student's greedy answer (auto: on for prompt/response data).")
-    gen_max_new_tokens: int = opt(64, "Longest student generation for ROUGE-L.")
-    shard: str = opt("0/1", "Score slice i of n of the data ('i/n'); join the shards with --merge.")
+    data: str = opt(None, "Data set: JSONL/Parquet/Arrow/CSV file, save_to_disk dir, or a folder of text files.", panel="data")
+    teacher: str = opt(None, "Teacher model: HF directory, .gguf file, or alias (smollm2-135m).", panel="models")
+    student: str = opt(None, "Student model: HF directory, .gguf file, or alias.", panel="models")
+    out: str = opt(None, "Output artifact directory.", panel="output")
+    engine: Literal["auto", "hf", "vllm"] = opt("auto", "Inference engine: vllm when it imports and a GPU is present, else hf.", panel="runtime")
+    dtype: Literal["auto", "float32", "bfloat16"] = opt("auto", "Model dtype for scoring (auto: bf16 where the hardware runs it fast).",
+                                                        panel="runtime")
+    # text_field ... seed: shared with eval, which must split the data the same way.
+    data_opts: DataOptions = group(DataOptions)
+    max_length: int = opt(1024, "Truncate each sample to this many tokens.", panel="data")
+    batch_tokens: int = opt(8192, "Padded tokens per forward batch (hf engine).", panel="runtime")
+    chunk_size: int = opt(256, "Samples per resumable chunk.", panel="runtime")
+    top_k: int = opt(0, "Store the teacher's top-k log-probs per position (0: off).", panel="scoring")
+    topk_format: Literal["uint8", "float16"] = opt("uint8", "Stored top-k log-probs: uint8 codes on a per-position log grid (~3x smaller), or float16.",
+                                                   panel="scoring")
+    rouge: Literal["auto", "on", "off"] = opt("auto", "ROUGE-L of the student's greedy answer (auto: on for prompt/response data).",
+                                              panel="scoring")
+    gen_max_new_tokens: int = opt(64, "Longest student generation for ROUGE-L.", panel="scoring")
+    shard: str = opt("0/1", "Score slice i of n of the data ('i/n'); join the shards with --merge.", panel="shards")
 
     def validate(self) -> list[str]:
         problems = []
@@ -61,8 +60,6 @@ class ScoreConfig:
             problems.append(f"topk_format must be uint8 or float16, got {self.topk_format!r}")
         if self.chunk_size < 1 or self.batch_tokens < 1:
             problems.append("chunk_size and batch_tokens must be >= 1")
-        if not 0 < self.val_fraction < 1:
-            problems.append("val_fraction must be in (0, 1)")
         try:
             parse_shard(self.shard)
         except ConfigError as e:
@@ -84,31 +81,18 @@ def parse_shard(text: str) -> tuple[int, int]:
 _NOT_IDENTITY = ("out", "batch_tokens", "engine")
 
 
-def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> Path:
+def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> StageResult:
     from distillkit import scoring
     from distillkit.artifacts import ArtifactWriter
     from distillkit.assets import resolve_data
-    from distillkit.data import DataSpec, load_data, shard_rows
+    from distillkit.data import load_data, shard_rows, tokenize
     from distillkit.models import check_same_tokenizer, load_tokenizer, model_fingerprint, resolve_model
     from distillkit.progress import console
 
     t0 = time.time()
     shard, num_shards = parse_shard(cfg.shard)
     # Everything that can be wrong with the inputs is checked before --out is touched.
-    ds = load_data(
-        DataSpec(
-            path=resolve_data(cfg.data),
-            text_field=cfg.text_field,
-            prompt_field=cfg.prompt_field,
-            response_field=cfg.response_field,
-            domain_field=cfg.domain_field,
-            id_field=cfg.id_field,
-            val_size=cfg.val_size,
-            val_fraction=cfg.val_fraction,
-            max_per_domain=cfg.max_per_domain,
-            seed=cfg.seed,
-        )
-    )
+    ds = load_data(cfg.data_opts.spec(resolve_data(cfg.data)))
     teacher_dir, student_dir = resolve_model(cfg.teacher), resolve_model(cfg.student)
     tok = load_tokenizer(str(teacher_dir))
     check_same_tokenizer(tok, load_tokenizer(str(student_dir)), cfg.teacher, cfg.student)
@@ -121,14 +105,13 @@ def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> P
     ident["student_fingerprint"] = model_fingerprint(student_dir)
     writer = ArtifactWriter(cfg.out, KIND, ident, resume=resume, overwrite=overwrite)
     if writer.done:
-        console.print(f"[green]score[/] {cfg.out} is complete for this config: nothing to do")
-        return Path(cfg.out)
+        return result(writer)
 
     rows = ds.table.slice(*_slice(shard_rows(ds.table.num_rows, shard, num_shards)))
     use_rouge = cfg.rouge == "on" or (cfg.rouge == "auto" and ds.format == "instruction")
     if use_rouge and ds.format != "instruction":
         raise ConfigError("rouge = 'on' needs prompt/response data; this data set is plain text (set rouge = 'off')")
-    samples = scoring.tokenize(rows, ds.format, tok, cfg.max_length)
+    samples = tokenize(rows, ds.format, tok, cfg.max_length)
     figures = scoring.score_chunks(
         samples,
         writer,
@@ -154,20 +137,19 @@ def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> P
     figures["dropped_short"] = samples.dropped
     writer.finish(
         figures,
-        extra={"shard": [shard, num_shards], "format": ds.format, "data_sources": list(ds.sources),
-               "teacher_dir": str(teacher_dir), "student_dir": str(student_dir), **_topk_info(cfg, len(tok))},
+        extra=ScoreRecord(shard=(shard, num_shards), format=ds.format, data_sources=tuple(ds.sources), teacher_dir=str(teacher_dir),
+                          student_dir=str(student_dir), topk=_topk_info(cfg, len(tok))).to_manifest(),
     )
-    return Path(cfg.out)
+    return result(writer)
 
 
-def _topk_info(cfg: ScoreConfig, vocab: int) -> dict:
+def _topk_info(cfg: ScoreConfig, vocab: int) -> TopKInfo | None:
     """The manifest's description of the stored top-k (docs/artifacts.md)."""
     if not cfg.top_k:
-        return {}
+        return None
     from distillkit.topk import ROWS_PER_BATCH, ids_type
 
-    return {"topk": {"k": cfg.top_k, "format": cfg.topk_format, "ids": str(ids_type(vocab)), "rows_per_batch": ROWS_PER_BATCH,
-                     "tail": "topk_logtail"}}
+    return TopKInfo(k=cfg.top_k, format=cfg.topk_format, ids=str(ids_type(vocab)), rows_per_batch=ROWS_PER_BATCH)
 
 
 def _slice(r: range) -> tuple[int, int]:

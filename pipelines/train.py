@@ -2,8 +2,11 @@
 
 Reads the plan artifact, the score artifact it was built from (refused if it is not the recorded
 one) and the data the scores were computed on (re-loaded with the score stage's data spec and
-checked against its fingerprint), tokenizes exactly as the score stage did, and trains
-(`distillkit.training.loop`). Writes, into ``<out>.partial`` and swapped into ``<out>`` at the end:
+checked against its fingerprint), tokenizes exactly as the score stage did, and trains. `run` is
+the recipe, top to bottom: `prepare` (inputs) -> `make_settings` (frozen hyper-parameters) ->
+`make_components` (wrapped student and loss, teacher source, schedules) -> `initial_state`
+(`TrainState`, or the checkpoint's) -> `distillkit.training.loop.train` -> `finish`. Writes, into
+``<out>.partial`` and swapped into ``<out>`` at the end:
 
 - ``student/``: the trained student (``save_pretrained`` + tokenizer: plain transformers / vLLM load it);
 - ``metrics.arrow``: one row per optimizer step (step, loss, kd_loss, ce_loss, temperature, stage, lr,
@@ -23,9 +26,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from distillkit.config import opt, to_dict
+
+if TYPE_CHECKING:
+    from distillkit.artifacts import ArtifactWriter
+    from distillkit.training.distributed import DistInfo
+    from distillkit.training.loop import Components, Settings
+    from distillkit.training.setup import Inputs
+    from distillkit.training.state import TrainState
 
 KIND = "train"
 Divergence = Literal["fkl", "rkl", "jsd", "skl", "srkl", "tvd", "akl", "taid"]
@@ -33,50 +43,50 @@ Divergence = Literal["fkl", "rkl", "jsd", "skl", "srkl", "tvd", "akl", "taid"]
 
 @dataclass(frozen=True)
 class TrainConfig:
-    plan: str = opt(None, "Plan artifact directory (from `distillkit plan`); it names its scores and, through them, the data.")
-    teacher: str = opt(None, "Teacher model: HF directory, .gguf file, or alias (smollm2-135m).")
-    student: str = opt(None, "Student model to train (HF directory, .gguf, alias), e.g. from `distillkit prune`.")
-    out: str = opt(None, "Output artifact directory.")
-    loss: Divergence = opt("fkl", "Divergence D: fkl, rkl, jsd (jsd_beta), skl / srkl (skew_alpha), tvd, akl (akl_mu), taid.")
-    loss_form: Literal["pocl", "additive"] = opt("pocl", "pocl: (1-λ)·CE + λ·D with λ, T from the plan's stage; additive: CE + λ·D (DDK Eq. 3 with λ = γ).")
-    kd_weight: float | None = opt(None, "Fixed λ (or γ for additive) instead of the plan's per-stage value; DDK's Eq. 3: 0.2 with loss_form = additive.")
-    temperature: float | None = opt(None, "Fixed temperature T instead of the plan's per-stage value.")
-    jsd_beta: float = opt(0.5, "β of jsd: β·KL(p‖m) + (1−β)·KL(q‖m), m = βp + (1−β)q.")
-    skew_alpha: float = opt(0.1, "α of the skew KLs skl / srkl (DistiLLM).")
-    akl_mu: float = opt(0.5, "Head mass μ of akl (adaptive KL).")
-    taid_t_start: float = opt(0.4, "TAID: initial interpolation t.")
-    taid_t_end: float = opt(1.0, "TAID: final interpolation t.")
-    teacher_mode: Literal["online", "offline"] = opt("online", "online: teacher forward each step; offline: the score stage's stored top-k log-probs (score --top-k).")
-    sparse_tail: Literal["bucket", "renorm"] = opt("bucket", "Offline top-k: keep the teacher's tail mass as one bucket, or renormalise over the top-k.")
-    loss_impl: Literal["chunked", "plain"] = opt("chunked", "chunked: LM head fused with the loss, chunk_size positions of logits at a time; plain: full logits (for comparison).")
-    chunk_size: int = opt(1024, "Positions per loss chunk (chunked path).")
-    steps: int | None = opt(None, "Optimizer steps (default: the plan's stages, each stage_length long).")
-    batch_size: int = opt(8, "Global batch: sequences per optimizer step over all processes and accumulation steps.")
-    grad_accum: int = opt(1, "Micro-batches per process per step (micro-batch = batch_size / (processes × grad_accum)).")
-    seq_len: int = opt(256, "Train on the first seq_len tokens of each sample as the score stage tokenized it (so at most its max_length).")
-    lr: float = opt(1e-4, "Peak learning rate (AdamW).")
-    min_lr_ratio: float = opt(0.1, "Cosine schedule ends at min_lr_ratio × lr.")
-    warmup_fraction: float = opt(0.05, "Linear warmup over this fraction of the run (of each stage with restart_optimizer).")
-    weight_decay: float = opt(0.0, "AdamW weight decay.")
-    max_grad_norm: float = opt(1.0, "Clip the gradient norm to this (0: no clipping).")
-    restart_optimizer: bool | None = opt(None, "Restart optimizer + LR schedule at each stage (default: the plan's setting).")
-    mixture: Literal["ddk", "static", "uniform"] = opt("ddk", "ddk: start from the plan's weights, re-weight every ddk_interval steps (Eq. 2); static: the plan's weights; uniform.")
-    ddk_interval: int | None = opt(None, "DDK re-measurement interval K in steps (default: the plan's).")
-    ddk_alpha: float | None = opt(None, "DDK Eq. 2 smoothing α (default: the plan's).")
-    ddk_smoothing: bool | None = opt(None, "DDK factor smoothing (default: the plan's); false re-applies Eq. 1.")
-    heldout_docs: int | None = opt(None, "Use at most this many held-out documents per domain for DDK and the before/after report.")
-    eval_heldout: bool = opt(True, "Measure held-out perplexity and KL to the teacher per domain before and after training.")
-    eval_batch_size: int = opt(8, "Sequences per batch in held-out measurements.")
-    seed: int = opt(0, "Seed for sampling, initialisation of anything random, and dropout.")
-    save_every: int = opt(100, "Checkpoint every N steps (0: only at the end).")
-    keep_checkpoints: int = opt(1, "Keep the newest N checkpoints.")
-    log_every: int = opt(10, "Print a log line every N steps when stderr is not a terminal.")
-    device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: cuda:LOCAL_RANK when a GPU is present, else cpu.")
-    teacher_dtype: Literal["auto", "float32", "bfloat16"] = opt("auto", "Teacher weights dtype (auto: bf16 where the hardware runs it fast).")
-    precision: Literal["auto", "fp32", "bf16"] = opt("auto", "Student forward: bf16 autocast (auto: on CUDA GPUs with bf16) or fp32; weights stay fp32.")
-    strategy: Literal["ddp", "fsdp2"] = opt("ddp", "Under torchrun: ddp (replicated student) or fsdp2 (sharded, for students that do not fit one GPU).")
-    tensorboard: bool = opt(False, "Also write TensorBoard scalars to <out>.partial/tensorboard (needs the tensorboard package).")
-    record_batches: bool = opt(True, "Record which samples each step drew (batches.arrow).")
+    plan: str = opt(None, "Plan artifact directory (from `distillkit plan`); it names its scores and, through them, the data.", panel="inputs")
+    teacher: str = opt(None, "Teacher model: HF directory, .gguf file, or alias (smollm2-135m).", panel="models")
+    student: str = opt(None, "Student model to train (HF directory, .gguf, alias), e.g. from `distillkit prune`.", panel="models")
+    out: str = opt(None, "Output artifact directory.", panel="output")
+    loss: Divergence = opt("fkl", "Divergence D: fkl, rkl, jsd (jsd_beta), skl / srkl (skew_alpha), tvd, akl (akl_mu), taid.", panel="loss")
+    loss_form: Literal["pocl", "additive"] = opt("pocl", "pocl: (1-λ)·CE + λ·D with λ, T from the plan's stage; additive: CE + λ·D (DDK Eq. 3 with λ = γ).", panel="loss")
+    kd_weight: float | None = opt(None, "Fixed λ (or γ for additive) instead of the plan's per-stage value; DDK's Eq. 3: 0.2 with loss_form = additive.", panel="loss")
+    temperature: float | None = opt(None, "Fixed temperature T instead of the plan's per-stage value.", panel="loss")
+    jsd_beta: float = opt(0.5, "β of jsd: β·KL(p‖m) + (1−β)·KL(q‖m), m = βp + (1−β)q.", panel="loss")
+    skew_alpha: float = opt(0.1, "α of the skew KLs skl / srkl (DistiLLM).", panel="loss")
+    akl_mu: float = opt(0.5, "Head mass μ of akl (adaptive KL).", panel="loss")
+    taid_t_start: float = opt(0.4, "TAID: initial interpolation t.", panel="loss")
+    taid_t_end: float = opt(1.0, "TAID: final interpolation t.", panel="loss")
+    teacher_mode: Literal["online", "offline"] = opt("online", "online: teacher forward each step; offline: the score stage's stored top-k log-probs (score --top-k).", panel="loss")
+    sparse_tail: Literal["bucket", "renorm"] = opt("bucket", "Offline top-k: keep the teacher's tail mass as one bucket, or renormalise over the top-k.", panel="loss")
+    loss_impl: Literal["chunked", "plain"] = opt("chunked", "chunked: LM head fused with the loss, chunk_size positions of logits at a time; plain: full logits (for comparison).", panel="loss")
+    chunk_size: int = opt(1024, "Positions per loss chunk (chunked path).", panel="loss")
+    steps: int | None = opt(None, "Optimizer steps (default: the plan's stages, each stage_length long).", panel="optimizer")
+    batch_size: int = opt(8, "Global batch: sequences per optimizer step over all processes and accumulation steps.", panel="optimizer")
+    grad_accum: int = opt(1, "Micro-batches per process per step (micro-batch = batch_size / (processes × grad_accum)).", panel="optimizer")
+    seq_len: int = opt(256, "Train on the first seq_len tokens of each sample as the score stage tokenized it (so at most its max_length).", panel="optimizer")
+    lr: float = opt(1e-4, "Peak learning rate (AdamW).", panel="optimizer")
+    min_lr_ratio: float = opt(0.1, "Cosine schedule ends at min_lr_ratio × lr.", panel="optimizer")
+    warmup_fraction: float = opt(0.05, "Linear warmup over this fraction of the run (of each stage with restart_optimizer).", panel="optimizer")
+    weight_decay: float = opt(0.0, "AdamW weight decay.", panel="optimizer")
+    max_grad_norm: float = opt(1.0, "Clip the gradient norm to this (0: no clipping).", panel="optimizer")
+    restart_optimizer: bool | None = opt(None, "Restart optimizer + LR schedule at each stage (default: the plan's setting).", panel="optimizer")
+    mixture: Literal["ddk", "static", "uniform"] = opt("ddk", "ddk: start from the plan's weights, re-weight every ddk_interval steps (Eq. 2); static: the plan's weights; uniform.", panel="mixture")
+    ddk_interval: int | None = opt(None, "DDK re-measurement interval K in steps (default: the plan's).", panel="mixture")
+    ddk_alpha: float | None = opt(None, "DDK Eq. 2 smoothing α (default: the plan's).", panel="mixture")
+    ddk_smoothing: bool | None = opt(None, "DDK factor smoothing (default: the plan's); false re-applies Eq. 1.", panel="mixture")
+    heldout_docs: int | None = opt(None, "Use at most this many held-out documents per domain for DDK and the before/after report.", panel="held-out")
+    eval_heldout: bool = opt(True, "Measure held-out perplexity and KL to the teacher per domain before and after training.", panel="held-out")
+    eval_batch_size: int = opt(8, "Sequences per batch in held-out measurements.", panel="held-out")
+    seed: int = opt(0, "Seed for sampling, initialisation of anything random, and dropout.", panel="optimizer")
+    save_every: int = opt(100, "Checkpoint every N steps (0: only at the end).", panel="output")
+    keep_checkpoints: int = opt(1, "Keep the newest N checkpoints.", panel="output")
+    log_every: int = opt(10, "Print a log line every N steps when stderr is not a terminal.", panel="output")
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: cuda:LOCAL_RANK when a GPU is present, else cpu.", panel="runtime")
+    teacher_dtype: Literal["auto", "float32", "bfloat16"] = opt("auto", "Teacher weights dtype (auto: bf16 where the hardware runs it fast).", panel="runtime")
+    precision: Literal["auto", "fp32", "bf16"] = opt("auto", "Student forward: bf16 autocast (auto: on CUDA GPUs with bf16) or fp32; weights stay fp32.", panel="runtime")
+    strategy: Literal["ddp", "fsdp2"] = opt("ddp", "Under torchrun: ddp (replicated student) or fsdp2 (sharded, for students that do not fit one GPU).", panel="runtime")
+    tensorboard: bool = opt(False, "Also write TensorBoard scalars to <out>.partial/tensorboard (needs the tensorboard package).", panel="output")
+    record_batches: bool = opt(True, "Record which samples each step drew (batches.arrow).", panel="output")
 
     def validate(self) -> list[str]:
         problems = [f"{n} is required (--{n})" for n in ("plan", "teacher", "student", "out") if not getattr(self, n)]
@@ -113,49 +123,65 @@ _NOT_IDENTITY = ("out", "save_every", "keep_checkpoints", "log_every", "tensorbo
 
 
 def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Path:
+    """The recipe, top to bottom: inputs -> settings -> components -> state -> loop -> write."""
     import torch
 
+    from distillkit.artifacts import partial_dir
     from distillkit.training import distributed as D
-    from distillkit.training.setup import build
+    from distillkit.training.loop import train
+    from distillkit.training.setup import checkpoint_to_resume, heldout_report
 
     t0 = time.time()
     dist = D.init_from_env(cfg.device)
     try:
         torch.manual_seed(cfg.seed)
         inputs = prepare(cfg, dist)  # every input check happens here, before --out is touched
-        ident = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IDENTITY} | inputs.identity
-        writer, state = None, None
-        if dist.is_main:  # rank 0 owns the output; the others learn what it found
-            from distillkit.artifacts import ArtifactWriter
-            from distillkit.errors import DistillkitError
-
-            try:
-                writer = ArtifactWriter(cfg.out, KIND, ident, inputs=[inputs.plan, inputs.scores], resume=resume, overwrite=overwrite)
-                state = ("done", False) if writer.done else ("run", writer.resumed)
-            except DistillkitError as e:
-                state = ("error", e)
-        state = D.broadcast_object(state, dist)
-        if state[0] == "error":
-            raise state[1]
-        if state[0] == "done":
+        found, writer = _open_output(cfg, inputs, dist, resume, overwrite)
+        if found == "done":
             if dist.is_main:
                 from distillkit.progress import console
 
                 console.print(f"[green]train[/] {cfg.out} is complete for this config: nothing to do")
             return Path(cfg.out)
-        partial = Path(cfg.out).with_name(Path(cfg.out).name + ".partial")
-        run_state, resume_from = build(cfg, inputs, dist, partial, resumed=bool(state[1]))
-        from distillkit.training.loop import train
-
-        train(run_state, resume_from)
-        finish(cfg, inputs, run_state, writer, dist, wall_s=time.time() - t0)
+        settings = make_settings(cfg, inputs, dist, partial_dir(cfg.out))
+        parts = make_components(cfg, inputs, settings, dist)
+        state = initial_state(cfg, inputs)
+        # An interrupted run continues from its newest checkpoint (the loop loads it into `state`); one
+        # killed before its first checkpoint starts over.
+        resume_from = checkpoint_to_resume(settings) if found == "resumed" else None
+        if resume_from is None and cfg.eval_heldout:
+            state.before = heldout_report(parts, settings, state, inputs.with_kl)
+        train(parts, settings, state, resume_from)
+        finish(cfg, inputs, parts, settings, state, writer, wall_s=time.time() - t0)
         D.barrier(dist)
         return Path(cfg.out)
     finally:
         D.shutdown(dist)
 
 
-def prepare(cfg: TrainConfig, dist):
+def _open_output(cfg: TrainConfig, inputs: Inputs, dist: DistInfo, resume: bool,
+                 overwrite: bool) -> tuple[str, ArtifactWriter | None]:
+    """("done" | "fresh" | "resumed", rank 0's writer): rank 0 owns the output; the others learn what it found."""
+    from distillkit.training import distributed as D
+
+    ident = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IDENTITY} | inputs.identity
+    writer, found = None, None
+    if dist.is_main:
+        from distillkit.artifacts import ArtifactWriter
+        from distillkit.errors import DistillkitError
+
+        try:
+            writer = ArtifactWriter(cfg.out, KIND, ident, inputs=[inputs.plan, inputs.scores], resume=resume, overwrite=overwrite)
+            found = "done" if writer.done else "resumed" if writer.resumed else "fresh"
+        except DistillkitError as e:
+            found = e
+    found = D.broadcast_object(found, dist)
+    if isinstance(found, Exception):
+        raise found
+    return found, writer
+
+
+def prepare(cfg: TrainConfig, dist: DistInfo) -> Inputs:
     """Read and check every input (plan, its scores, the data, both models) and tokenize; touches no output."""
     import numpy as np
     import pyarrow as pa
@@ -163,7 +189,7 @@ def prepare(cfg: TrainConfig, dist):
 
     from distillkit.artifacts import check_input, read_artifact
     from distillkit.assets import resolve_data
-    from distillkit.data import DataSpec, load_data
+    from distillkit.data import DataOptions, load_data
     from distillkit.errors import ArtifactError, DataError
     from distillkit.models import (
         check_same_tokenizer,
@@ -173,21 +199,18 @@ def prepare(cfg: TrainConfig, dist):
         model_fingerprint,
         resolve_model,
     )
+    from distillkit.records import PlanRecord
+    from distillkit.schemas import TRAIN_CURRICULUM_COLUMNS, TRAIN_MIXTURE_COLUMNS
     from distillkit.training.batches import TopKStore, tokenize_rows
     from distillkit.training.setup import Inputs
 
     plan = read_artifact(cfg.plan, "plan")
-    info = plan.manifest.get("plan")
-    if not isinstance(info, dict) or "stages" not in info or "scores" not in info:
-        raise ArtifactError(f"{plan.path}/manifest.json lacks the 'plan' schedule; rebuild it with `distillkit plan --overwrite`")
-    scores = read_artifact(info["scores"], "score")
+    schedule = PlanRecord.from_manifest(plan.manifest, f"{plan.path}/manifest.json")  # the one read of the plan's table
+    scores = read_artifact(schedule.scores, "score")
     check_input(scores, plan.manifest.get("inputs", []), "scores")
     sc = scores.config
     data_path = resolve_data(sc["data"])
-    ds = load_data(DataSpec(path=data_path, text_field=sc.get("text_field", "text"), prompt_field=sc.get("prompt_field", "prompt"),
-                            response_field=sc.get("response_field", "response"), domain_field=sc.get("domain_field"),
-                            id_field=sc.get("id_field"), val_size=sc.get("val_size", 500), val_fraction=sc.get("val_fraction", 0.1),
-                            max_per_domain=sc.get("max_per_domain"), seed=sc.get("seed", 0)))
+    ds = load_data(DataOptions.from_config(sc).spec(data_path))  # the split and subsample the scores were made on
     if sc.get("data_fingerprint") and ds.fingerprint != sc["data_fingerprint"]:
         raise DataError(f"the data at {data_path} changed since it was scored into {scores.path} (fingerprint "
                         f"{ds.fingerprint[:12]} vs {sc['data_fingerprint'][:12]}); rescore it and rebuild the plan")
@@ -202,9 +225,8 @@ def prepare(cfg: TrainConfig, dist):
     for role, m in (("student", student), ("teacher", teacher)):
         _check_head(m, role)
 
-    cur = plan.table("curriculum.arrow", {"sample_id": pa.string(), "domain": pa.string(), "rank": pa.int64(), "stage": pa.int32()})
-    mix = plan.table("mixture.arrow", {"domain": pa.string(), "weight": pa.float64(), "teacher_ppl": pa.float64(),
-                                       "student_ppl": pa.float64()})
+    cur = plan.table("curriculum.arrow", TRAIN_CURRICULUM_COLUMNS)
+    mix = plan.table("mixture.arrow", TRAIN_MIXTURE_COLUMNS)
     domains = mix.column("domain").to_pylist()
     cur_domains = cur.column("domain").to_pylist()
     unknown = sorted(set(cur_domains) - set(domains))
@@ -247,8 +269,8 @@ def prepare(cfg: TrainConfig, dist):
 
         console.print(f"[yellow]note[/]: --teacher {cfg.teacher} is not the teacher the scores were computed with; "
                       "DDK uses the scored teacher perplexities")
-    return Inputs(plan=plan, scores=scores, plan_info=info, tokenizer=tok, student=student, teacher=teacher, vocab_size=vocab,
-                  seqs=seqs, num_train=len(cur_ids), domain_codes=codes, stages=cur.column("stage").to_numpy().astype(np.int64),
+    return Inputs(plan=plan, scores=scores, schedule=schedule, tokenizer=tok, student=student, teacher=teacher, vocab_size=vocab,
+                  seqs=seqs, domain_codes=codes, stages=cur.column("stage").to_numpy().astype(np.int64),
                   domains=domains, plan_weights=mix.column("weight").to_numpy(), teacher_ppl=mix.column("teacher_ppl").to_numpy(),
                   student_ppl=mix.column("student_ppl").to_numpy(), heldout_rows=heldout_rows, heldout_source=source, topk=topk,
                   pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0, identity=identity)
@@ -269,7 +291,70 @@ def _check_head(model, role: str) -> None:
                          "causal LMs like Llama, Qwen, Mistral, SmolLM, Gemma 3")
 
 
-def finish(cfg: TrainConfig, inputs, run, writer, dist, wall_s: float) -> None:
+def make_settings(cfg: TrainConfig, inputs: Inputs, dist: DistInfo, partial: Path) -> Settings:
+    """The loop's frozen hyper-parameters; refuses a batch that does not split over processes × accumulation."""
+    from distillkit.errors import ConfigError
+    from distillkit.training.loop import Settings
+    from distillkit.training.setup import autocast_dtype
+
+    if cfg.batch_size % (dist.world_size * cfg.grad_accum):
+        raise ConfigError(f"batch_size {cfg.batch_size} must be a multiple of processes × grad_accum "
+                          f"({dist.world_size} × {cfg.grad_accum}); change --batch-size or --grad-accum")
+    restart = inputs.schedule.restart_optimizer if cfg.restart_optimizer is None else cfg.restart_optimizer
+    return Settings(
+        batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm or float("inf"),
+        weight_decay=cfg.weight_decay, restart_optimizer=restart, autocast=autocast_dtype(cfg.precision, dist.device),
+        save_every=cfg.save_every, keep_checkpoints=cfg.keep_checkpoints, log_every=cfg.log_every,
+        eval_batch_size=cfg.eval_batch_size, record_batches=cfg.record_batches, strategy=cfg.strategy,
+        checkpoint_root=partial / "checkpoints", tensorboard_dir=str(partial / "tensorboard") if cfg.tensorboard else None,
+    )
+
+
+def make_components(cfg: TrainConfig, inputs: Inputs, settings: Settings, dist: DistInfo) -> Components:
+    """The wrapped student with its loss, the teacher source, the stages and LR schedule, the optimizer factory."""
+    from distillkit.losses import LossSpec
+    from distillkit.training import distributed as D
+    from distillkit.training.loop import Components, Corpus
+    from distillkit.training.schedule import LRSchedule, plan_stages
+    from distillkit.training.setup import adamw
+    from distillkit.training.student import StudentLoss, teacher_sources
+
+    stages = tuple(plan_stages(inputs.schedule, cfg.batch_size, cfg.steps, cfg.temperature, cfg.kd_weight))
+    lr = LRSchedule(cfg.lr, stages, cfg.warmup_fraction, cfg.min_lr_ratio, settings.restart_optimizer)
+    spec = LossSpec(cfg.loss, _divergence_params(cfg), cfg.loss_form, cfg.loss_impl, inputs.vocab_size, cfg.chunk_size,
+                    cfg.sparse_tail)
+    model = D.wrap(StudentLoss(inputs.student, spec), dist, cfg.strategy)
+    teacher, eval_teacher = teacher_sources(inputs.teacher, cfg.loss_impl)
+    return Components(model=model, teacher=teacher, eval_teacher=eval_teacher,
+                      corpus=Corpus(inputs.seqs, inputs.pad_id, inputs.topk, inputs.heldout_rows), stages=stages, lr=lr,
+                      loss=spec, make_optimizer=lambda: adamw(model, lr(0), settings.weight_decay), dist=dist)
+
+
+def initial_state(cfg: TrainConfig, inputs: Inputs) -> TrainState:
+    """Step 0: the plan's (or a uniform) mixture, a sampler at the first stage, TAID at t_start."""
+    from distillkit.losses import TaidSchedule
+    from distillkit.training.ddk import DomainMixer
+    from distillkit.training.sampler import CurriculumSampler
+    from distillkit.training.state import TrainState
+
+    mix = inputs.schedule.mixture
+    mixer = DomainMixer.create(cfg.mixture, inputs.domains, inputs.plan_weights, inputs.teacher_ppl, inputs.student_ppl,
+                               interval=cfg.ddk_interval or mix.interval,
+                               alpha=mix.alpha if cfg.ddk_alpha is None else cfg.ddk_alpha,
+                               smoothing=mix.smoothing if cfg.ddk_smoothing is None else cfg.ddk_smoothing)
+    sampler = CurriculumSampler(inputs.domain_codes, inputs.stages, mixer.weights, cfg.seed)
+    taid = TaidSchedule(cfg.taid_t_start, cfg.taid_t_end) if cfg.loss == "taid" else None
+    return TrainState(sampler=sampler, mixer=mixer, taid=taid)
+
+
+def _divergence_params(cfg: TrainConfig) -> dict[str, float]:
+    """The chosen divergence's own parameters (distillkit.losses rejects any other)."""
+    return {"jsd": {"beta": cfg.jsd_beta}, "skl": {"alpha": cfg.skew_alpha}, "srkl": {"alpha": cfg.skew_alpha},
+            "akl": {"mu": cfg.akl_mu}}.get(cfg.loss, {})
+
+
+def finish(cfg: TrainConfig, inputs: Inputs, parts: Components, settings: Settings, state: TrainState,
+           writer: ArtifactWriter | None, wall_s: float) -> None:
     """The after-report, the student in HF format, and the tables; rank 0 writes, then swaps the artifact in."""
     import numpy as np
     import pyarrow as pa
@@ -278,27 +363,28 @@ def finish(cfg: TrainConfig, inputs, run, writer, dist, wall_s: float) -> None:
     from distillkit.training.monitor import metrics_table
     from distillkit.training.setup import heldout_report
 
-    after = heldout_report(run, inputs) if cfg.eval_heldout else None
-    state = D.model_state(run.model, dist, cfg.strategy) if dist.distributed and cfg.strategy == "fsdp2" else None
+    dist = parts.dist
+    after = heldout_report(parts, settings, state, inputs.with_kl) if cfg.eval_heldout else None
+    full = D.model_state(parts.model, dist, cfg.strategy) if dist.distributed and cfg.strategy == "fsdp2" else None
     if not dist.is_main:
         return
     from distillkit.progress import console
 
-    student = D.unwrap(run.model).student
-    kw = {"state_dict": {k.removeprefix("student."): v for k, v in state.items()}} if state is not None else {}
+    student = D.unwrap(parts.model).student
+    kw = {"state_dict": {k.removeprefix("student."): v for k, v in full.items()}} if full is not None else {}
     student.save_pretrained(writer.path("student"), **kw)
     inputs.tokenizer.save_pretrained(writer.path("student"))
-    writer.write("metrics.arrow", metrics_table(run.metrics))
-    writer.write("mixture.arrow", run.mixer.table())
-    if run.drawn:
-        idx = np.concatenate(run.drawn)
-        steps = np.repeat(np.arange(1, len(run.drawn) + 1), [len(x) for x in run.drawn])
+    writer.write("metrics.arrow", metrics_table(state.metrics))
+    writer.write("mixture.arrow", state.mixer.table())
+    if state.drawn:
+        idx = np.concatenate(state.drawn)
+        steps = np.repeat(np.arange(1, len(state.drawn) + 1), [len(x) for x in state.drawn])
         seqs = inputs.seqs
         writer.write("batches.arrow", pa.table({
             "step": pa.array(steps, pa.int64()), "sample_id": pa.array([seqs.sample_id[i] for i in idx], pa.string()),
             "domain": pa.array([seqs.domain[i] for i in idx], pa.string()),
             "stage": pa.array(inputs.stages[idx].astype(np.int32), pa.int32())}))
-    before = run.extra.get("before")
+    before = state.before
     if before is not None and after is not None:
         cols = {"domain": pa.array(inputs.domains, pa.string()), "measured_on": pa.array(inputs.heldout_source, pa.string()),
                 "tokens": pa.array(after["tokens"], pa.int64()), "teacher_ppl": pa.array(inputs.teacher_ppl, pa.float64()),
@@ -308,22 +394,22 @@ def finish(cfg: TrainConfig, inputs, run, writer, dist, wall_s: float) -> None:
             cols["kl_before"] = pa.array(before["kl"], pa.float64())
             cols["kl_after"] = pa.array(after["kl"], pa.float64())
         writer.write("heldout.arrow", pa.table(cols))
-    m = run.metrics
-    steps_done = len(m) - (run.resumed_from or 0)
+    m = state.metrics
+    steps_done = len(m) - (state.resumed_from or 0)
     figures = {
-        "steps": run.step, "wall_s": round(wall_s, 2), "world_size": dist.world_size, "strategy": cfg.strategy if dist.distributed else None,
-        "device": str(dist.device), "resumed_from_step": run.resumed_from,
+        "steps": state.step, "wall_s": round(wall_s, 2), "world_size": dist.world_size, "strategy": cfg.strategy if dist.distributed else None,
+        "device": str(dist.device), "resumed_from_step": state.resumed_from,
         "s_per_step": round(float(np.median([r["tokens"] / r["tokens_per_s"] for r in m[-steps_done:]])), 3) if steps_done else None,
         "tokens_per_s": round(float(np.median([r["tokens_per_s"] for r in m[-steps_done:]])), 1) if steps_done else None,
         "final_loss": m[-1]["loss"] if m else None, "first_loss": m[0]["loss"] if m else None,
     }
     if before is not None and after is not None:
         figures["heldout"] = {k: {"before": before[k], "after": after[k]} for k in ("overall_student_ppl", "overall_kl") if k in after}
-    extra = {"train": {"stages": [_stage_dict(s) for s in run.stages],
-                       "total_steps": run.stages[-1].end, "restart_optimizer": run.restart_optimizer,
-                       "mixture": {"mode": run.mixer.mode, "interval": run.mixer.interval, "alpha": run.mixer.alpha,
-                                   "smoothing": run.mixer.smoothing},
-                       "loss": {"kind": cfg.loss, "form": cfg.loss_form, "impl": cfg.loss_impl, "params": run.spec.params,
+    mixer = state.mixer
+    extra = {"train": {"stages": [_stage_dict(s) for s in parts.stages],
+                       "total_steps": parts.total_steps, "restart_optimizer": settings.restart_optimizer,
+                       "mixture": {"mode": mixer.mode, "interval": mixer.interval, "alpha": mixer.alpha, "smoothing": mixer.smoothing},
+                       "loss": {"kind": cfg.loss, "form": cfg.loss_form, "impl": cfg.loss_impl, "params": parts.loss.params,
                                 "teacher_mode": cfg.teacher_mode, "vocab_size": inputs.vocab_size},
                        "plan": str(inputs.plan.path), "scores": str(inputs.scores.path)}}
     writer.finish(figures, extra=extra)

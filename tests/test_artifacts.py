@@ -6,7 +6,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from distillkit.artifacts import ArtifactWriter, check_input, read_artifact
+from distillkit.artifacts import ArtifactWriter, check_input, partial_dir, read_artifact
 from distillkit.errors import ArtifactError, OutputExists
 
 
@@ -21,6 +21,13 @@ def _write(out, config=None, **kw):
         w.write("sub/part-00000.arrow", _table(3))
         w.finish({"throughput": 1.0})
     return w
+
+
+def test_partial_dir_is_where_the_writer_works(tmp_path):
+    out = tmp_path / "runs" / "art"
+    assert partial_dir(out) == partial_dir(str(out)) == tmp_path / "runs" / "art.partial"
+    out.parent.mkdir()
+    assert ArtifactWriter(out, "demo", {"a": 1}).partial == partial_dir(out)
 
 
 def test_round_trip_and_manifest(tmp_path):

@@ -5,7 +5,7 @@ from typing import Literal
 
 import pytest
 
-from distillkit.config import opt, resolve, to_toml
+from distillkit.config import field_help, group, keys, opt, pick, resolve, to_dict, to_toml
 from distillkit.errors import ConfigError
 
 
@@ -87,3 +87,52 @@ def test_print_config_round_trips(tmp_path):
     f = tmp_path / "round.toml"
     f.write_text(text)
     assert resolve(Cfg, f) == cfg
+
+
+@dataclass(frozen=True)
+class Inner:
+    size: int = opt(5, "inner size", panel="data")
+    tag: str | None = opt(None, "inner tag", panel="data")
+
+    def validate(self):
+        return ["size must be >= 0"] if self.size < 0 else []
+
+
+@dataclass(frozen=True)
+class Outer:
+    name: str = opt("o", "outer name")
+    inner: Inner = group(Inner)
+    steps: int = opt(1, "outer steps")
+
+
+def test_nested_group_keys_are_flat(tmp_path):
+    assert list(keys(Outer)) == ["name", "size", "tag", "steps"]
+    assert field_help(Outer)["size"] == "inner size" and keys(Outer)["size"].panel == "data"
+    f = tmp_path / "c.toml"
+    f.write_text("[outer]\nsize = 7\n")
+    cfg = resolve(Outer, f, ["tag=x"], {"steps": 3}, section="outer")
+    assert cfg == Outer(steps=3, inner=Inner(size=7, tag="x"))
+    assert to_dict(cfg) == {"name": "o", "size": 7, "tag": "x", "steps": 3}  # flat, in declaration order
+    f.write_text(to_toml(cfg))
+    assert resolve(Outer, f) == cfg
+    with pytest.raises(ConfigError, match="size must be >= 0"):  # the group's validate() runs too
+        resolve(Outer, None, ["size=-1"])
+    with pytest.raises(ConfigError, match="unknown key 'inner'"):  # the group's field name is not a key
+        resolve(Outer, None, ["inner=3"])
+
+
+def test_group_key_clash_is_an_error():
+    @dataclass(frozen=True)
+    class Clash:
+        size: int = opt(1, "the parent's own size")
+        inner: Inner = group(Inner)
+
+    with pytest.raises(TypeError, match="'size' of Clash is declared twice"):
+        keys(Clash)
+
+
+def test_pick_takes_the_declared_keys_and_defaults_the_rest():
+    assert pick(Inner, {"size": "9", "other": 1}) == Inner(size=9)
+    assert pick(Outer, {"tag": "t"}) == Outer(inner=Inner(tag="t"))
+    with pytest.raises(ConfigError, match="size must be an integer"):
+        pick(Inner, {"size": "many"})

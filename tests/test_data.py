@@ -14,7 +14,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
 
-from distillkit.data import COLUMNS, Dataset, DataSpec, load_data, shard_rows
+from distillkit.data import COLUMNS, Dataset, DataSpec, load_data, shard_rows, tokenize
 from distillkit.errors import ConfigError, DataError
 from tests.conftest import make_texts, write_jsonl
 
@@ -335,3 +335,25 @@ def test_errors_are_one_line(tmp_path):
         with pytest.raises(DataError) as e:
             load(p)
         assert "\n" not in str(e.value)
+
+
+class _CharTok:
+    """One id per character after a BOS of 1; EOS 0: a tokenizer whose output is easy to write down."""
+
+    eos_token_id = 0
+
+    def __call__(self, texts, add_special_tokens=True):
+        return {"input_ids": [([1] if add_special_tokens else []) + [ord(c) for c in t] for t in texts]}
+
+
+def test_tokenize_targets_and_drops():
+    base = {"sample_id": ["a", "b", "c"], "domain": ["d", "d", "e"], "split": ["train", "validation", "train"]}
+    text = tokenize(pa.table({**base, "text": ["hey", "", "yo"]}), "text", _CharTok(), max_length=3)
+    assert text.ids == [[1, 104, 101], [1, 121, 111]] and text.target_start == [1, 1]
+    assert (text.sample_id, text.split, text.dropped, text.responses) == (["a", "c"], ["train", "train"], 1, None)
+    # prompt/response: the prompt keeps its last max_length // 2 tokens, then the response and EOS follow
+    rows = pa.table({**base, "prompt": ["ab", "abcdef", "x"], "response": ["cd", "g", ""], "text": ["", "", ""]})
+    inst = tokenize(rows, "instruction", _CharTok(), max_length=6)
+    assert inst.ids == [[1, 97, 98, 99, 100, 0], [100, 101, 102, 103, 0], [1, 120, 0]]
+    assert inst.target_start == [3, 3, 2] and inst.responses == ["cd", "g", ""] and inst.dropped == 0
+    assert tokenize(rows, "instruction", _CharTok(), max_length=1).dropped == 3  # no room left for an answer

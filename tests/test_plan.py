@@ -12,10 +12,11 @@ from typer.testing import CliRunner
 
 from distillkit.cli.main import app
 from distillkit.artifacts import ArtifactWriter, read_artifact
-from distillkit.curriculum import CURRICULUM_COLUMNS, rrf_difficulty, schedule
+from distillkit.curriculum import rrf_difficulty, schedule
 from distillkit.difficulty import rrf_difficulty as reference_rrf_difficulty
-from distillkit.scoring import domain_table
+from distillkit.domains import domain_table
 from distillkit.pipelines.plan import PlanConfig, run
+from distillkit.schemas import CURRICULUM_COLUMNS
 
 runner = CliRunner()
 
@@ -64,7 +65,7 @@ def random_rows(sizes: dict[str, int], seed: int = 0, n_val: int = 2, rouge: boo
 
 
 def plan(scores: Path, out: Path, **kw) -> Path:
-    return run(PlanConfig(scores=str(scores), out=str(out), **kw))
+    return run(PlanConfig(scores=str(scores), out=str(out), **kw)).path
 
 
 def invoke(*args):

@@ -10,8 +10,8 @@ import pytest
 
 from distillkit.artifacts import read_artifact
 from distillkit.errors import OutputExists
-from distillkit.scoring import DOMAIN_COLUMNS, SAMPLE_COLUMNS
 from distillkit.pipelines.score import ScoreConfig, merge, run
+from distillkit.schemas import DOMAIN_COLUMNS, SAMPLE_COLUMNS
 from tests.conftest import make_texts, write_jsonl
 
 

@@ -362,3 +362,74 @@ def test_plan_from_other_scores_is_refused(pipeline, tmp_path):
     with pytest.raises(ArtifactError, match="is not the one this artifact was built from"):
         run(cfg_for(pipeline, tmp_path / "train", plan=str(fake)))
     assert not (tmp_path / "train").exists() and not (tmp_path / "train.partial").exists()
+
+
+# --------------------------------------------------------------------------- TrainState: the checkpoint's trainer state
+
+
+def _state():
+    from distillkit.losses import TaidSchedule
+    from distillkit.training.ddk import DomainMixer
+    from distillkit.training.sampler import CurriculumSampler
+    from distillkit.training.state import TrainState
+
+    mixer = DomainMixer.create("ddk", ["a", "b"], [0.5, 0.5], [10.0, 20.0], [30.0, 40.0], interval=2, alpha=0.5, smoothing=True)
+    sampler = CurriculumSampler([0, 0, 0, 1, 1, 1], [0, 1, 1, 0, 0, 1], mixer.weights, seed=3)
+    return TrainState(sampler=sampler, mixer=mixer, taid=TaidSchedule())
+
+
+def test_train_state_saves_every_field_and_resumes_in_place(tmp_path):
+    from dataclasses import fields
+
+    from distillkit.training.state import TrainState
+
+    a = _state()
+    a.sampler.set_stage(1)
+    a.drawn = [a.sampler.next_batch(2) for _ in range(3)]
+    a.sampler.set_weights(a.mixer.update(2, [35.0, 38.0]))
+    a.taid.update(2.0, 0, 10)
+    a.taid.update(1.5, 1, 10)
+    a.step, a.metrics, a.before, a.resumed_from = 3, [{"step": 3, "loss": 1.25}], {"student_ppl": [1.5, 2.5]}, 1
+    saved = a.state_dict()
+    assert set(saved) == {f.name for f in fields(TrainState)} - {"resumed_from"}  # everything but the transient field
+    torch.save(saved, tmp_path / "trainer.pt")
+    rand, nxt = torch.rand(4), a.sampler.next_batch(2)  # what the run does after the checkpoint
+
+    b = _state()
+    sampler, mixer, taid = b.sampler, b.mixer, b.taid
+    b.load_state_dict(torch.load(tmp_path / "trainer.pt", weights_only=True))
+    assert b.sampler is sampler and b.mixer is mixer and b.taid is taid  # components restored in place
+    assert torch.equal(torch.rand(4), rand) and np.array_equal(b.sampler.next_batch(2), nxt)  # RNG and sampler continue
+    assert b.step == 3 and b.metrics == a.metrics and b.before == a.before and b.resumed_from is None
+    assert len(b.drawn) == 3 and all(np.array_equal(x, y) for x, y in zip(b.drawn, a.drawn))
+    assert b.mixer.history == a.mixer.history and b.taid.state_dict() == a.taid.state_dict()
+
+    legacy = {k: v for k, v in saved.items() if k != "before"} | {"stage": 1, "extra": {"before": a.before}}
+    c = _state()
+    c.load_state_dict(legacy)  # a trainer.pt written before TrainState
+    assert c.before == a.before
+
+
+def test_train_state_refuses_a_stateful_field_it_would_lose_and_a_foreign_checkpoint():
+    from dataclasses import dataclass, field
+
+    from distillkit.errors import ArtifactError
+    from distillkit.training.state import GlobalRNG, TrainState
+
+    @dataclass
+    class Extended(TrainState):
+        note: str = "saved like any plain field"
+        unmarked: object = field(default_factory=GlobalRNG)
+
+    s = _state()
+    with pytest.raises(TypeError, match="component()"):
+        Extended(sampler=s.sampler, mixer=s.mixer).state_dict()
+    assert Extended(sampler=s.sampler, mixer=s.mixer, unmarked=None).state_dict()["note"] == "saved like any plain field"
+
+    saved = s.state_dict()
+    with pytest.raises(ArtifactError, match=r"lacks \['metrics'\].*--overwrite"):
+        _state().load_state_dict({k: v for k, v in saved.items() if k != "metrics"})
+    no_taid = _state()
+    no_taid.taid = None
+    with pytest.raises(ArtifactError, match="has taid state.*--overwrite"):
+        no_taid.load_state_dict(saved)

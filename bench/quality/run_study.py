@@ -45,10 +45,11 @@ ARMS = {
 
 
 def _stage(name: str, fn, cfg_cls, options: dict) -> Path:
+    from distillkit.artifacts import partial_dir
     from distillkit.config import resolve
 
     cfg = resolve(cfg_cls, options=options)
-    partial = Path(cfg.out).with_name(Path(cfg.out).name + ".partial")
+    partial = partial_dir(cfg.out)
     t0 = time.time()
     print(f"== {name} -> {cfg.out}", flush=True)
     out = fn(cfg, resume=partial.exists())

@@ -1,5 +1,6 @@
-"""Inference engines behind one Protocol (see `base.Engine`): `hf` and `vllm`."""
+"""Inference engines behind one Protocol (`base.Engine`): `hf` and `vllm`, chosen by `factory.make_engine`."""
 
-from distillkit.engines.base import Engine, SequenceScores, make_engine
+from distillkit.engines.base import Engine, SequenceScores
+from distillkit.engines.factory import make_engine
 
 __all__ = ["Engine", "SequenceScores", "make_engine"]

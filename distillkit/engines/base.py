@@ -1,4 +1,8 @@
-"""The Engine protocol that `score` and `eval` use to talk to a model."""
+"""The Engine protocol that `score` and `eval` use to talk to a model, and the scores it returns.
+
+Only types live here: `hf` and `vllm` implement them and `factory.make_engine` picks one, so the
+implementations import this module and nothing imports them back (no import circle).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,6 @@ if TYPE_CHECKING:
     import numpy as np
 
 EngineName = Literal["auto", "hf", "vllm"]
-DType = Literal["auto", "float32", "bfloat16"]
 
 
 @dataclass(slots=True)
@@ -35,41 +38,4 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-def vllm_usable() -> bool:
-    """vllm imports and a CUDA GPU is present (what `--engine auto` needs to pick vllm)."""
-    import importlib.util
-
-    if importlib.util.find_spec("vllm") is None:
-        return False
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except Exception:  # noqa: BLE001 - a broken torch means no GPU engine
-        return False
-
-
-def make_engine(
-    name: EngineName,
-    model_dir: str,
-    dtype: DType = "auto",
-    max_length: int = 2048,
-    batch_tokens: int = 8192,
-    max_top_k: int = 64,
-    model=None,
-    vocab_size: int | None = None,
-) -> Engine:
-    """Build an engine. `model` (an already loaded transformers model) is used by `hf` if given."""
-    if name == "auto":
-        name = "vllm" if vllm_usable() else "hf"
-    if name == "vllm":
-        from distillkit.engines.vllm import VllmEngine
-
-        from distillkit.models import bf16_supported
-
-        # bf16 only where the hardware runs it natively: on an AVX2-only CPU it is ~5x slower than fp32.
-        resolved = ("bfloat16" if bf16_supported("cuda" if vllm_usable() else "cpu") else "float32") if dtype == "auto" else dtype
-        return VllmEngine(model_dir, dtype=resolved, max_model_len=max_length, max_top_k=max_top_k)
-    from distillkit.engines.hf import HFEngine
-
-    return HFEngine(model_dir, dtype=dtype, batch_tokens=batch_tokens, model=model, vocab_size=vocab_size)
+__all__ = ["EngineName", "SequenceScores", "Engine"]

@@ -12,7 +12,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from distillkit.engines.base import DType, SequenceScores
+from distillkit.engines.base import SequenceScores
+from distillkit.models import DType, load_model
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_tokens: int, max_batch: int = 256) -> list[list[int]]:
@@ -45,8 +46,6 @@ class HFEngine:
         position_chunk: int | None = None,
     ) -> None:
         import torch
-
-        from distillkit.models import load_model
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model if model is not None else load_model(model_dir, dtype=dtype, device=self.device)

@@ -15,13 +15,7 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
-RUN_COLUMNS = {
-    "seed": pa.int64(),
-    "sample_id": pa.string(),
-    "domain": pa.string(),
-    "rouge_l": pa.float32(),
-    "prediction": pa.string(),
-}
+from distillkit.schemas import GENERATION_COLUMNS
 
 
 def sample_answers(
@@ -87,7 +81,7 @@ def rouge_runs(
     prompts = [ids[:st] for ids, st in zip(samples.ids, samples.target_start)]
     eos = _eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (min(eos) if eos else 0)
-    cols: dict[str, list] = {k: [] for k in RUN_COLUMNS}
+    cols: dict[str, list] = {k: [] for k in GENERATION_COLUMNS}
     for seed in (seeds if temperature > 0 else seeds[:1]):
         gen = sample_answers(model, prompts, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature,
                              top_p=top_p, batch_size=batch_size, pad_id=pad, eos_ids=eos)
@@ -97,7 +91,7 @@ def rouge_runs(
         cols["domain"] += list(samples.domain)
         cols["rouge_l"] += rouge_l(preds, samples.responses).tolist()
         cols["prediction"] += preds
-    return pa.table({k: pa.array(v, RUN_COLUMNS[k]) for k, v in cols.items()})
+    return pa.table({k: pa.array(v, GENERATION_COLUMNS[k]) for k, v in cols.items()})
 
 
 def summarize(runs: pa.Table) -> dict:

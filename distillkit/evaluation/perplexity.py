@@ -2,7 +2,7 @@
 
 Perplexity is token-weighted per domain: ``exp(Σ nll / Σ target tokens)`` over the domain's held-out
 documents (the ``validation`` split of `distillkit.data`, the same split `score` and `train` hold
-out with the same data options), computed by `distillkit.scoring.domain_table` exactly as `score`
+out with the same data options), computed by `distillkit.domains.domain_table` exactly as `score`
 does. A domain without held-out documents falls back to its training rows (``heldout`` = False).
 With a teacher, each model's row carries the teacher's perplexity and the ratio; with a baseline
 (the student before training) each other model also gets ``gap_closed``: the fraction of the
@@ -20,19 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-DOMAIN_COLUMNS = {
-    "model": pa.string(),
-    "role": pa.string(),
-    "domain": pa.string(),
-    "num_samples": pa.int64(),
-    "num_tokens": pa.int64(),
-    "nll": pa.float64(),
-    "ppl": pa.float64(),
-    "teacher_ppl": pa.float64(),
-    "ppl_ratio": pa.float64(),
-    "gap_closed": pa.float64(),
-    "heldout": pa.bool_(),
-}
+from distillkit.domains import domain_table
+from distillkit.schemas import EVAL_DOMAIN_COLUMNS
 
 
 def heldout_rows(table: pa.Table, limit: int | None = None) -> pa.Table:
@@ -80,8 +69,6 @@ def domains_table(
 
     Each entry is (label, role, per-sample table from `sample_table`); all share one sample order.
     """
-    from distillkit.scoring import domain_table
-
     ref = per_model[teacher][2] if teacher is not None else None
     tables = []
     base_nll = None
@@ -95,7 +82,7 @@ def domains_table(
         tables.append((label, role, d))
         if i == baseline:
             base_nll = np.asarray(d.column("student_nll").to_numpy(), dtype=np.float64)
-    cols: dict[str, list] = {k: [] for k in DOMAIN_COLUMNS}
+    cols: dict[str, list] = {k: [] for k in EVAL_DOMAIN_COLUMNS}
     for i, (label, role, d) in enumerate(tables):
         nll = d.column("student_nll").to_numpy()
         t_nll = d.column("teacher_nll").to_numpy()
@@ -115,4 +102,4 @@ def domains_table(
             cols["gap_closed"] += [float((b - x) / g) if g > 1e-9 else None for b, x, g in zip(base_nll, nll, gap)]
         else:
             cols["gap_closed"] += [None] * n
-    return pa.table({k: pa.array(v, DOMAIN_COLUMNS[k]) for k, v in cols.items()})
+    return pa.table({k: pa.array(v, EVAL_DOMAIN_COLUMNS[k]) for k, v in cols.items()})

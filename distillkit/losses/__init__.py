@@ -1,6 +1,11 @@
 """Knowledge-distillation losses: eight divergences, dense / chunked-fused / sparse top-k.
 
-Entry points (all return fp32 scalars, mean over unmasked positions, 0 for none):
+A training step calls one function, `objective(spec, student, labels, teacher, temperature=,
+kd_weight=, params=) -> (loss, kd, ce)`: the `LossSpec` picks the divergence, the KD/CE mix
+(pocl or additive), plain or chunked, and the offline tail; the teacher is a `LinearHead`, full
+logits, or a `TopKTeacher`. `heldout_sums` is its held-out counterpart (summed NLL and KL).
+
+The building blocks (all return fp32 scalars, mean over unmasked positions, 0 for none):
 
 - `kd_loss(student_logits, teacher_logits, mask, kind, temperature=1.0, **params)`: plain,
   from full [B, L, V] logits.
@@ -25,6 +30,7 @@ from distillkit.losses.fused import (
     chunked_kd_ce_objective,
     chunked_kd_loss,
 )
+from distillkit.losses.objective import LossSpec, Teacher, TopKTeacher, heldout_sums, objective
 from distillkit.losses.sparse import TailMode, sparse_kd_loss
 from distillkit.losses.taid import TaidSchedule
 
@@ -32,12 +38,17 @@ __all__ = [
     "DIVERGENCES",
     "Divergence",
     "LinearHead",
+    "LossSpec",
     "TailMode",
     "TaidSchedule",
+    "Teacher",
     "TeacherLogitsFn",
+    "TopKTeacher",
     "chunked_kd_and_ce",
     "chunked_kd_ce_objective",
     "chunked_kd_loss",
+    "heldout_sums",
     "kd_loss",
+    "objective",
     "sparse_kd_loss",
 ]

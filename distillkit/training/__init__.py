@@ -1,5 +1,6 @@
-"""The train stage's components: sampler (curriculum pools x domain mixture), the training loop,
-checkpoints, DDK re-measurement, and torch.distributed helpers.
+"""The train stage's library: sampler (curriculum pools x domain mixture), the student with its loss,
+the training loop over frozen `Settings`, `Components` and one `TrainState`, checkpoints, DDK
+re-measurement, and torch.distributed helpers.
 
-`pipelines/train.py` wires them together; each module can be used and tested on its own.
+`pipelines/train.py` is the recipe that wires them together; each module can be used and tested on its own.
 """

@@ -1,6 +1,6 @@
 """Training sequences and micro-batches: tokenized like the score stage, padded on the right.
 
-A sample's targets are ``ids[target_start:]`` (``distillkit.scoring.tokenize``: 1 for text, the
+A sample's targets are ``ids[target_start:]`` (``distillkit.data.tokenize``: 1 for text, the
 prompt length for prompt/response data), so position t of a batch is trained to predict ``ids[t+1]``
 when ``t + 1 >= target_start``; padding and prompt positions carry label -100 and are excluded
 from both CE and KD.
@@ -54,7 +54,7 @@ class Sequences:
 
 def tokenize_rows(rows: pa.Table, fmt: str, tok, max_length: int, seq_len: int) -> Sequences:
     """Tokenize like the score stage (same `max_length`), then keep the first `seq_len` tokens."""
-    from distillkit.scoring import tokenize
+    from distillkit.data import tokenize
 
     s = tokenize(rows, fmt, tok, max_length)
     if s.dropped:

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from distillkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from distillkit.records import PlanRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,22 +32,28 @@ class Stage:
     num_samples: int  # the stage's pool size
 
 
-def plan_stages(plan: dict[str, Any], global_batch: int, total_steps: int | None = None,
+def _get(x: Any, name: str) -> Any:
+    return x[name] if isinstance(x, Mapping) else getattr(x, name)
+
+
+def plan_stages(plan: PlanRecord | Mapping[str, Any], global_batch: int, total_steps: int | None = None,
                 temperature: float | None = None, kd_weight: float | None = None) -> list[Stage]:
     """The plan's stages as step ranges; `temperature` / `kd_weight` override every stage's value.
 
-    Stages that start at or after `total_steps` are dropped; the last kept stage runs to the end.
+    `plan`: the plan's `PlanRecord` (or its manifest table as a dict). Stages that start at or
+    after `total_steps` are dropped; the last kept stage runs to the end.
     """
-    length = plan["stage_length"]
+    length = _get(plan, "stage_length")
+    unit, value = _get(length, "unit"), _get(length, "value")
     starts, start = [], 0
-    rows = sorted(plan["stages"], key=lambda s: s["stage"])
+    rows = sorted(_get(plan, "stages"), key=lambda s: _get(s, "stage"))
     if not rows:
         raise ConfigError("the plan has no stages")
     for s in rows:
-        if length["unit"] == "steps":
-            n = int(length["value"])
+        if unit == "steps":
+            n = int(value)
         else:
-            n = math.ceil(float(length["value"]) * int(s["num_samples"]) / global_batch)
+            n = math.ceil(float(value) * int(_get(s, "num_samples")) / global_batch)
         starts.append((start, start + max(n, 1)))
         start += max(n, 1)
     total = start if total_steps is None else int(total_steps)
@@ -54,14 +63,14 @@ def plan_stages(plan: dict[str, Any], global_batch: int, total_steps: int | None
     for s, (a, b) in zip(rows, starts):
         if a >= total:
             break
-        out.append(Stage(int(s["stage"]), a, b, float(s["temperature"] if temperature is None else temperature),
-                         float(s["kd_weight"] if kd_weight is None else kd_weight), int(s["num_samples"])))
+        out.append(Stage(int(_get(s, "stage")), a, b, float(_get(s, "temperature") if temperature is None else temperature),
+                         float(_get(s, "kd_weight") if kd_weight is None else kd_weight), int(_get(s, "num_samples"))))
     last = out[-1]
     out[-1] = Stage(last.stage, last.start, total, last.temperature, last.kd_weight, last.num_samples)
     return out
 
 
-def stage_at(stages: list[Stage], step: int) -> Stage:
+def stage_at(stages: Sequence[Stage], step: int) -> Stage:
     """The stage that optimizer step `step` (0-based) belongs to."""
     for s in stages:
         if step < s.end:
@@ -90,7 +99,7 @@ class LRSchedule:
 
     def segment(self, step: int) -> tuple[int, int]:
         if self.restart_per_stage:
-            s = stage_at(list(self.stages), step)
+            s = stage_at(self.stages, step)
             return s.start, s.end - s.start
         return 0, self.stages[-1].end
 

@@ -1,74 +1,62 @@
-"""Assemble a `TrainRun` from a resolved config and the loaded inputs: schedule, sampler, mixture,
-loss, wrapped student, teacher source, and the held-out before/after measurement."""
+"""The train recipe's typed inputs and the pieces it assembles the loop from: `Inputs` (what
+`pipelines.train.prepare` loaded and checked), the autocast dtype, the optimizer, the checkpoint to
+resume, and the held-out before/after report.
+
+`pipelines/train.py` reads the recipe top to bottom: `prepare` (-> `Inputs`) -> `settings`
+(-> `loop.Settings`) -> `components` (-> `loop.Components`) -> `initial_state` (-> `TrainState`)
+-> `loop.train` -> `finish`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from distillkit.errors import ConfigError
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from distillkit.artifacts import Artifact
+    from distillkit.records import PlanRecord
+    from distillkit.training.batches import Sequences, TopKStore
+    from distillkit.training.loop import Components, Settings
+    from distillkit.training.state import TrainState
 
 
-@dataclass
+@dataclass(frozen=True)
 class Inputs:
     """What `pipelines.train.prepare` loaded and checked (before the output is touched)."""
 
-    plan: Any  # Artifact
-    scores: Any  # Artifact
-    plan_info: dict[str, Any]
-    tokenizer: Any
-    student: Any  # trainable fp32 model on this rank's device
-    teacher: Any  # frozen model (online) or None (offline)
+    plan: Artifact
+    scores: Artifact
+    schedule: PlanRecord  # the plan's stages, stage length, optimizer restarts and mixture settings
+    tokenizer: PreTrainedTokenizerBase
+    student: PreTrainedModel  # trainable fp32 model on this rank's device
+    teacher: PreTrainedModel | None  # frozen model (online) or None (offline)
     vocab_size: int
-    seqs: Any  # Sequences: training rows (curriculum order) first, then held-out rows
-    num_train: int
-    domain_codes: np.ndarray  # [num_train] index into `domains`
-    stages: np.ndarray  # [num_train] curriculum stage
+    seqs: Sequences  # training rows (curriculum order) first, then held-out rows
+    domain_codes: np.ndarray  # [training rows] index into `domains`
+    stages: np.ndarray  # [training rows] curriculum stage
     domains: list[str]
-    plan_weights: np.ndarray
-    teacher_ppl: np.ndarray
-    student_ppl: np.ndarray
+    plan_weights: np.ndarray  # [domains] the plan's mixture weights
+    teacher_ppl: np.ndarray  # [domains] as scored
+    student_ppl: np.ndarray  # [domains] as scored
     heldout_rows: list[list[int]]  # per domain, rows of `seqs`
     heldout_source: list[str]  # per domain: "validation" or "train" (no held-out docs)
-    topk: Any  # TopKStore or None
+    topk: TopKStore | None  # the offline teacher's stored top-k
     pad_id: int
-    identity: dict[str, Any] = field(default_factory=dict)
+    identity: dict[str, str] = field(default_factory=dict)  # fingerprints that join the artifact's identity
+
+    @property
+    def with_kl(self) -> bool:
+        """A teacher to measure held-out KL against: the online model or the stored top-k."""
+        return self.teacher is not None or self.topk is not None
 
 
-def divergence_params(cfg) -> dict[str, float]:
-    """The chosen divergence's own parameters (distillkit.losses rejects any other)."""
-    return {"jsd": {"beta": cfg.jsd_beta}, "skl": {"alpha": cfg.skew_alpha}, "srkl": {"alpha": cfg.skew_alpha},
-            "akl": {"mu": cfg.akl_mu}}.get(cfg.loss, {})
-
-
-def teacher_sources(teacher, impl: str):
-    """(train source, eval source): batch -> the teacher's LinearHead (chunked) or full logits (plain)."""
-    import torch
-    import torch.nn.functional as F
-
-    from distillkit.losses import LinearHead
-
-    if teacher is None:
-        return (lambda batch: None), (lambda batch: None)
-    decoder, head = teacher.get_decoder(), teacher.get_output_embeddings()
-
-    def linear_head(batch):
-        with torch.no_grad():
-            hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-        return LinearHead(hidden, head.weight, getattr(head, "bias", None))
-
-    def logits(batch):
-        h = linear_head(batch)
-        with torch.no_grad():
-            return F.linear(h.hidden, h.weight, h.bias)
-
-    return (linear_head if impl == "chunked" else logits), linear_head
-
-
-def autocast_dtype(precision: str, device: str):
+def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
     import torch
 
     from distillkit.models import bf16_supported
@@ -78,59 +66,35 @@ def autocast_dtype(precision: str, device: str):
     return None
 
 
-def build(cfg, inputs: Inputs, dist, partial: Path, resumed: bool):
-    """The `TrainRun` for this rank and the checkpoint to resume from (None: start fresh)."""
-    from distillkit.losses import TaidSchedule
+def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW with the fused kernel (one pass over each parameter, CPU and CUDA alike: on a 110M-parameter
+    student on one CPU thread 0.11 s per step against 0.38 s for foreach; equal to 1e-8). The same update
+    as foreach, and the same state dict, so checkpoints resume across the two."""
+    import torch
+
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay,
+                             betas=(0.9, 0.95), fused=True)
+
+
+def checkpoint_to_resume(settings: Settings) -> Path | None:
+    """The newest complete checkpoint of an interrupted run (None: it wrote none, so start fresh)."""
     from distillkit.training import checkpoint as ckpt
-    from distillkit.training import distributed as D
-    from distillkit.training.ddk import DomainMixer
-    from distillkit.training.loop import LossSpec, StudentLoss, TrainRun
-    from distillkit.training.sampler import CurriculumSampler
-    from distillkit.training.schedule import LRSchedule, plan_stages
 
-    if cfg.batch_size % (dist.world_size * cfg.grad_accum):
-        raise ConfigError(f"batch_size {cfg.batch_size} must be a multiple of processes × grad_accum "
-                          f"({dist.world_size} × {cfg.grad_accum}); change --batch-size or --grad-accum")
-    info = inputs.plan_info
-    restart = info.get("restart_optimizer", False) if cfg.restart_optimizer is None else cfg.restart_optimizer
-    stages = plan_stages(info, cfg.batch_size, cfg.steps, cfg.temperature, cfg.kd_weight)
-    mix = info["mixture"]
-    mixer = DomainMixer.create(cfg.mixture, inputs.domains, inputs.plan_weights, inputs.teacher_ppl, inputs.student_ppl,
-                               interval=cfg.ddk_interval or mix["interval"],
-                               alpha=mix["alpha"] if cfg.ddk_alpha is None else cfg.ddk_alpha,
-                               smoothing=mix["smoothing"] if cfg.ddk_smoothing is None else cfg.ddk_smoothing)
-    sampler = CurriculumSampler(inputs.domain_codes, inputs.stages, mixer.weights, cfg.seed)
-    spec = LossSpec(cfg.loss, divergence_params(cfg), cfg.loss_form, cfg.loss_impl, inputs.vocab_size, cfg.chunk_size, cfg.sparse_tail)
-    model = D.wrap(StudentLoss(inputs.student, spec), dist, cfg.strategy)
-    train_src, eval_src = teacher_sources(inputs.teacher, cfg.loss_impl)
-    run = TrainRun(
-        model=model, teacher_input=train_src, eval_teacher=eval_src, seqs=inputs.seqs, topk=inputs.topk, pad_id=inputs.pad_id, sampler=sampler,
-        stages=stages, lr=LRSchedule(cfg.lr, tuple(stages), cfg.warmup_fraction, cfg.min_lr_ratio, restart),
-        mixer=mixer, heldout_rows=inputs.heldout_rows, spec=spec,
-        taid=TaidSchedule(cfg.taid_t_start, cfg.taid_t_end) if cfg.loss == "taid" else None,
-        dist=dist, strategy=cfg.strategy, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-        max_grad_norm=cfg.max_grad_norm or float("inf"), weight_decay=cfg.weight_decay, restart_optimizer=restart,
-        autocast=autocast_dtype(cfg.precision, dist.device), save_every=cfg.save_every, keep_checkpoints=cfg.keep_checkpoints,
-        checkpoint_root=partial / "checkpoints", eval_batch_size=cfg.eval_batch_size, log_every=cfg.log_every,
-        tensorboard_dir=str(partial / "tensorboard") if cfg.tensorboard else None, record_batches=cfg.record_batches,
-    )
-    latest = ckpt.latest_checkpoint(run.checkpoint_root) if resumed else None
-    if latest is None and cfg.eval_heldout:
-        run.extra["before"] = heldout_report(run, inputs)
-    return run, (latest[1] if latest else None)
+    latest = ckpt.latest_checkpoint(settings.checkpoint_root)
+    return latest[1] if latest else None
 
 
-def heldout_report(run, inputs: Inputs) -> dict[str, list]:
+def heldout_report(parts: Components, settings: Settings, state: TrainState, with_kl: bool) -> dict[str, Any]:
     """Per domain: held-out tokens, student perplexity and mean KL(teacher || student) per token."""
     from distillkit.training.ddk import measure_heldout
 
-    with_kl = inputs.teacher is not None or inputs.topk is not None
-    held = measure_heldout(run.model, run.seqs, run.heldout_rows, run.mixer.domains, batch_size=run.eval_batch_size,
-                           pad_id=run.pad_id, device=run.dist.device, dist=run.dist, teacher_fn=run.eval_teacher,
-                           topk=run.topk, with_kl=with_kl)
+    c = parts.corpus
+    held = measure_heldout(parts.model, c.seqs, c.heldout_rows, state.mixer.domains, batch_size=settings.eval_batch_size,
+                           pad_id=c.pad_id, device=parts.dist.device, dist=parts.dist, teacher_fn=parts.eval_teacher,
+                           topk=c.topk, with_kl=with_kl)
     kl = held.mean_kl
     return {"tokens": [int(x) for x in held.tokens], "student_ppl": [float(x) for x in held.student_ppl],
             "kl": [float(x) for x in kl] if kl is not None else None, **{f"overall_{k}": v for k, v in held.overall().items()}}
 
 
-__all__ = ["Inputs", "build", "heldout_report", "divergence_params", "teacher_sources", "autocast_dtype"]
+__all__ = ["Inputs", "autocast_dtype", "adamw", "checkpoint_to_resume", "heldout_report"]

@@ -27,7 +27,7 @@ def test_eval_perplexity_vllm_equals_hf(model_dir, tmp_path):  # noqa: F811
     for engine in ("hf", "vllm"):
         cfg = EvalConfig(models=(f"m={model_dir}",), out=str(tmp_path / engine), tasks=(), data=str(data), engine=engine,
                          dtype="float32", device="cpu", max_length=64, plot=False)
-        art = read_artifact(run(cfg), "eval")
+        art = read_artifact(run(cfg).path, "eval")
         ppl[engine] = {(r["model"], r["domain"]): (r["ppl"], r["num_samples"]) for r in art.table("domains.arrow").to_pylist()}
     assert set(ppl["hf"]) == {("m", "alpha"), ("m", "beta")} == set(ppl["vllm"])
     for key, (p_hf, n_hf) in ppl["hf"].items():
