@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from pathlib import Path
 from typing import Any, Iterator
 
 import typer
@@ -12,7 +11,6 @@ import typer
 STATE = {"debug": False}
 
 # The stage commands' common options are generated with their config keys (cli/options.py); prune declares its own.
-OverwriteOpt = typer.Option(False, "--overwrite", help="Replace an existing artifact (kept until the new one is complete).")
 
 
 def err(message: str) -> None:
@@ -52,9 +50,3 @@ def resolve_or_print(cls, config: str | None, sets: list[str] | None, options: d
         sys.stdout.write(to_toml(cfg, section))
         raise typer.Exit(0)
     return cfg
-
-
-def artifact_path(res: Any) -> Path:
-    """Where a stage's run() left its artifact: a `StageResult` (pipelines/stage.py) carries it as `.path`;
-    a stage not yet returning one gives the Path itself."""
-    return Path(getattr(res, "path", res))

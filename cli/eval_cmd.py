@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from distillkit.cli.common import artifact_path
 from distillkit.cli.options import StageArgs, stage_command
 from distillkit.pipelines.eval import EvalConfig
 
@@ -15,7 +14,7 @@ def eval_(args: StageArgs) -> None:
     from distillkit.pipelines import eval as stage
 
     res = stage.run(args.resolve(), resume=args.resume, overwrite=args.overwrite)
-    summary(artifact_path(res))
+    summary(res.path)
 
 
 def summary(path) -> None:

@@ -1,4 +1,5 @@
-"""`distillkit` entry point. Heavy libraries are imported inside commands, so --help is instant."""
+"""`distillkit` entry point. torch and the model libraries are imported inside commands; the stage config classes
+(imported here to generate each command's options, cli/options.py) import none of them."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from distillkit.cli.common import STATE, OverwriteOpt, artifact_path, handled
+from distillkit.cli.common import STATE, handled
 from distillkit.cli.options import Extra, StageArgs, stage_command
+from distillkit.pipelines.prune import PruneConfig
 from distillkit.pipelines.score import ScoreConfig
 
 app = typer.Typer(
@@ -60,10 +62,10 @@ def score(args: StageArgs) -> None:
 
             raise ConfigError("--merge needs --out for the merged artifact")
         path = stage.merge(list(merge), out, overwrite=args.overwrite)
-        _summary(artifact_path(path))
+        _summary(path)
         return
     res = stage.run(args.resolve(), resume=args.resume, overwrite=args.overwrite)
-    _summary(artifact_path(res))
+    _summary(res.path)
 
 
 def _summary(path) -> None:
@@ -85,21 +87,16 @@ def inspect(path: str = typer.Argument(..., help="An artifact directory."),
 
 
 @app.command()
-def prune(
-    model: str = typer.Option(..., "--model", "-m", help="Model to prune: HF dir, .gguf, or alias."),
-    out: str = typer.Option(..., "--out", "-o", help="Directory for the pruned model (HF format)."),
-    drop_layers: Optional[str] = typer.Option(None, "--drop-layers", help="Decoder layers to drop, e.g. 16-22."),
-    keep_layers: Optional[str] = typer.Option(None, "--keep-layers", help="Decoder layers to keep, e.g. 0-15,23-29."),
-    overwrite: bool = OverwriteOpt,
-) -> None:
+@stage_command(PruneConfig, "prune", short={"model": "-m", "out": "-o"})
+def prune(args: StageArgs) -> None:
     """Make a student by depth pruning (Minitron-style): keep a subset of the teacher's layers."""
-    with handled():
-        from distillkit.progress import console
-        from distillkit.prune import prune_model
+    from distillkit.pipelines import prune as stage
 
-        info = prune_model(model, out, keep_layers=keep_layers, drop_layers=drop_layers, overwrite=overwrite)
-        console.print(info)
-        console.print(f"[green]wrote[/] {out}")
+    res = stage.run(args.resolve(), resume=args.resume, overwrite=args.overwrite)
+    from distillkit.progress import console
+
+    console.print(res.manifest["prune"] | res.figures)
+    console.print(f"[green]wrote[/] {res.path}")
 
 
 @app.command("run")
@@ -138,7 +135,7 @@ def run_recipe(
             console.print(f"[green]done[/]: results under {res.root}  (inspect one with: distillkit inspect DIR)")
 
 
-# Stage commands that live in their own modules (each imports only typer at module level).
+# Stage commands that live in their own modules (each imports typer and its stage's config class at module level).
 from distillkit.cli.plan_cmd import plan as _plan  # noqa: E402
 
 app.command("plan")(_plan)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from distillkit.cli.common import artifact_path
 from distillkit.cli.options import StageArgs, stage_command
 from distillkit.pipelines.plan import PlanConfig
 
@@ -13,7 +12,7 @@ def plan(args: StageArgs) -> None:
     from distillkit.pipelines import plan as stage
 
     res = stage.run(args.resolve(), resume=args.resume, overwrite=args.overwrite)
-    summary(artifact_path(res))
+    summary(res.path)
 
 
 def _stage_columns(num_stages: int, limit: int = 8) -> list[int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from distillkit.cli.common import artifact_path
 from distillkit.cli.options import StageArgs, stage_command
 from distillkit.pipelines.train import TrainConfig
 
@@ -13,14 +12,12 @@ def train(args: StageArgs) -> None:
 
     Multi-process: torchrun --nproc_per_node N --no-python distillkit train ... (DDP; --strategy fsdp2 to shard).
     """
-    import os
-
     from distillkit.pipelines import train as stage
+    from distillkit.ranks import is_main_process
 
-    cfg = args.resolve()
-    res = stage.run(cfg, resume=args.resume, overwrite=args.overwrite)
-    if os.environ.get("RANK", "0") == "0":
-        summary(artifact_path(res))
+    res = stage.run(args.resolve(), resume=args.resume, overwrite=args.overwrite)
+    if is_main_process():
+        summary(res.path)
 
 
 def summary(path) -> None:

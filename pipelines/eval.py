@@ -74,7 +74,7 @@ class EvalConfig:
             problems.append("gen_temperature must be >= 0 and gen_top_p in (0, 1]")
         if not self.gen_seeds:
             problems.append("gen_seeds needs at least one seed")
-        labels = [e.label for e in entries(self)] if self.models else []
+        labels = ([_label(self.teacher)[0]] if self.teacher else []) + [_label(m)[0] for m in self.models]
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
             problems.append(f"two models are labelled {', '.join(dup)}: name them with --models label=spec")

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from distillkit.config import opt, to_dict
+from distillkit.pipelines.stage import StageResult, Status
 
 if TYPE_CHECKING:
     from distillkit.artifacts import ArtifactWriter
@@ -122,7 +123,7 @@ class TrainConfig:
 _NOT_IDENTITY = ("out", "save_every", "keep_checkpoints", "log_every", "tensorboard")
 
 
-def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Path:
+def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> StageResult:
     """The recipe, top to bottom: inputs -> settings -> components -> state -> loop -> write."""
     import torch
 
@@ -142,7 +143,7 @@ def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Path
                 from distillkit.progress import console
 
                 console.print(f"[green]train[/] {cfg.out} is complete for this config: nothing to do")
-            return Path(cfg.out)
+            return _result(cfg, "skipped")
         settings = make_settings(cfg, inputs, dist, partial_dir(cfg.out))
         parts = make_components(cfg, inputs, settings, dist)
         state = initial_state(cfg, inputs)
@@ -154,9 +155,19 @@ def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Path
         train(parts, settings, state, resume_from)
         finish(cfg, inputs, parts, settings, state, writer, wall_s=time.time() - t0)
         D.barrier(dist)
-        return Path(cfg.out)
+        return _result(cfg, "resumed" if found == "resumed" else "ran")
     finally:
         D.shutdown(dist)
+
+
+def _result(cfg: TrainConfig, status: Status) -> StageResult:
+    """Every rank's result; the manifest is on disk once rank 0 has finished (the barrier before this)."""
+    import json
+
+    from distillkit.artifacts import MANIFEST
+
+    path = Path(cfg.out)
+    return StageResult(KIND, status, path, json.loads((path / MANIFEST).read_text(encoding="utf-8")))
 
 
 def _open_output(cfg: TrainConfig, inputs: Inputs, dist: DistInfo, resume: bool,

@@ -16,10 +16,11 @@ from distillkit.config import config_sha256, keys, resolve, to_dict
 from distillkit.data import DataOptions
 from distillkit.pipelines.eval import EvalConfig
 from distillkit.pipelines.plan import PlanConfig
+from distillkit.pipelines.prune import PruneConfig
 from distillkit.pipelines.score import ScoreConfig
 from distillkit.pipelines.train import TrainConfig
 
-STAGES = {"score": ScoreConfig, "plan": PlanConfig, "train": TrainConfig, "eval": EvalConfig}
+STAGES = {"prune": PruneConfig, "score": ScoreConfig, "plan": PlanConfig, "train": TrainConfig, "eval": EvalConfig}
 TAIL = {"config", "set_", "print_config", "resume", "overwrite"}  # what every stage command adds
 EXTRAS = {"score": {"merge"}}  # documented options that are not config keys
 WIDE = {"COLUMNS": "200"}

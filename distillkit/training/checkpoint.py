@@ -3,9 +3,10 @@
 A checkpoint is written into a temp directory (``.step-….tmp<pid>``), its files fsynced, then
 renamed into place: a directory named ``step-*`` is always complete, a kill leaves at most a temp
 directory, which the next save or resume deletes. ``trainer.pt`` holds everything that is not
-model or optimizer: step, stage, sampler position, mixture state and history, TAID state, the
-metrics so far, and the RNG states (python, numpy, torch CPU and CUDA) -- all plain types and
-tensors, so it loads with ``torch.load(weights_only=True)``. ``state.json`` is a readable summary.
+model or optimizer -- ``TrainState.state_dict()`` (`distillkit.training.state`): step, sampler
+position, mixture state and history, TAID state, the metrics and drawn batches so far, the
+"before" held-out report and the RNG states -- all plain types and tensors, so it loads with
+``torch.load(weights_only=True)``. ``state.json`` is a readable summary.
 """
 
 from __future__ import annotations
