@@ -144,6 +144,8 @@ from distillkit.cli.train_cmd import train as _train  # noqa: E402
 app.command("train")(_train)
 from distillkit.cli.eval_cmd import eval_ as _eval  # noqa: E402
 app.command("eval")(_eval)
+from distillkit.cli.study_cmd import study as _study  # noqa: E402
+app.command("study")(_study)
 
 
 def main() -> None:

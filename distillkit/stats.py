@@ -1,0 +1,88 @@
+"""Means, 95 % confidence intervals, paired differences and the smallest detectable effect.
+
+What `distillkit study` reports, in plain formulas (n values x_1..x_n; t_q(df) the Student-t quantile):
+
+- mean ± CI: x̄ ± t_{0.975}(n−1) · s/√n, s the sample standard deviation (ddof 1). n = 1 has no CI.
+- paired difference of an arm to the baseline: d_i = arm_i − base_i over the units both have (training
+  seeds: same data, same evaluation prompts; or evaluation prompts within the runs), then mean ± CI of d.
+- verdict at 95 %: "better" when the CI of d lies wholly on the good side of 0 (above for ROUGE-L, below
+  for perplexity), "worse" when wholly on the other, else "no difference detected".
+- smallest detectable effect (two-sided α = 0.05, power 0.8): (t_{0.975}(n−1) + t_{0.8}(n−1)) · s_d/√n,
+  the true mean difference this design would find significant four times in five, given the observed
+  spread s_d of the differences.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Mapping, Sequence
+
+Verdict = Literal["better", "worse", "no difference detected", "too few runs"]
+
+
+def t_quantile(q: float, df: int) -> float:
+    """The q quantile of Student's t with df degrees of freedom."""
+    from scipy.stats import t
+
+    return float(t.ppf(q, df))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean over n units with its 95 % CI (lo, hi are NaN for n < 2)."""
+
+    mean: float
+    lo: float
+    hi: float
+    n: int
+    sd: float
+
+    @property
+    def half(self) -> float:
+        return (self.hi - self.lo) / 2
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean, "lo": self.lo, "hi": self.hi, "n": self.n, "sd": self.sd}
+
+
+def mean_ci(xs: Sequence[float], level: float = 0.95) -> Estimate:
+    """Mean with its two-sided t confidence interval."""
+    n = len(xs)
+    if n == 0:
+        raise ValueError("mean_ci of no values")
+    m = math.fsum(xs) / n
+    if n < 2:
+        return Estimate(m, math.nan, math.nan, n, math.nan)
+    sd = math.sqrt(math.fsum((x - m) ** 2 for x in xs) / (n - 1))
+    h = t_quantile(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
+    return Estimate(m, m - h, m + h, n, sd)
+
+
+def paired(arm: Mapping, base: Mapping, level: float = 0.95) -> Estimate | None:
+    """Mean ± CI of arm[u] − base[u] over the units u both have (None when they share none)."""
+    common = sorted(set(arm) & set(base), key=str)
+    if not common:
+        return None
+    return mean_ci([arm[u] - base[u] for u in common], level)
+
+
+def detectable(d: Estimate, power: float = 0.8, alpha: float = 0.05) -> float:
+    """Smallest true mean difference found at two-sided `alpha` with probability `power` (NaN for n < 2)."""
+    if d.n < 2 or math.isnan(d.sd):
+        return math.nan
+    df = d.n - 1
+    return (t_quantile(1 - alpha / 2, df) + t_quantile(power, df)) * d.sd / math.sqrt(d.n)
+
+
+def verdict(d: Estimate | None, higher_is_better: bool) -> Verdict:
+    if d is None or d.n < 2 or math.isnan(d.lo):
+        return "too few runs"
+    if d.lo > 0:
+        return "better" if higher_is_better else "worse"
+    if d.hi < 0:
+        return "worse" if higher_is_better else "better"
+    return "no difference detected"
+
+
+__all__ = ["Estimate", "Verdict", "mean_ci", "paired", "detectable", "verdict", "t_quantile"]

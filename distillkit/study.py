@@ -1,0 +1,380 @@
+"""A study: arms (each a set of plan/train overrides) x training seeds, one equal budget, one evaluation.
+
+The recipe (TOML) names everything a study compares; `read_study` checks it whole before anything runs::
+
+    name = "pocl-gsm8k"
+    out = "runs/pocl"                  # run directories (plans, checkpoints, students, evals): large, not committed
+    results = "docs/results/pocl"      # one small JSON per finished (arm, seed) run, the report and its plot
+    scores = "{out}/score"             # a score artifact (teacher top-k for offline arms)
+    seeds = [0, 1, 2]
+    baseline = "fkl"
+    threads = 1                        # torch threads per run
+    jobs = 2                           # runs side by side
+    [budget]
+    epochs = 10                        # sample passes per training sample, every arm (or: steps = N)
+    [plan]                             # plan keys every arm shares
+    [train]                            # train keys every arm shares
+    [eval]                             # eval keys (gen_seeds, limit, tasks, ...); references = true|false
+    [arms.fkl]
+    plan = { curriculum = false }
+    [arms.fkl-pocl]
+    plan = { stages = 4, restart_optimizer = true }
+
+An arm's plan with S cumulative stages (stage s trains on the easiest (s+1)/S) is given
+``stage_length = 2·epochs/(S+1)`` epochs per stage, so every arm makes the same number of sample passes;
+with ``steps = N`` each of its S stages gets N/S steps. The study owns the keys that define the budget
+and the runs' paths: arms and shared tables may not set them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from distillkit.errors import ConfigError
+
+TOP_KEYS = ("name", "out", "results", "scores", "teacher", "student", "seeds", "baseline", "threads", "jobs")
+TABLES = ("budget", "plan", "train", "eval", "arms")
+# Keys the study sets itself, per stage: the budget, the inputs and the outputs.
+OWNED = {
+    "plan": ("scores", "out", "stage_length", "stage_unit"),
+    "train": ("plan", "out", "seed", "steps", "student", "teacher"),
+    "eval": ("models", "out", "data", "teacher", "baseline"),
+}
+EVAL_EXTRA = ("references",)  # study-only key of [eval]: also evaluate the teacher and the initial student
+
+
+@dataclass(frozen=True)
+class Budget:
+    unit: Literal["epochs", "steps"]
+    value: float
+
+    def stage_length(self, stages: int) -> float:
+        """Per-stage length for a plan of `stages` cumulative stages, so that the total equals the budget."""
+        if self.unit == "epochs":
+            return 2.0 * self.value / (stages + 1)
+        return self.value / stages
+
+    def describe(self) -> str:
+        return f"{self.value:g} {self.unit}" + (" (sample passes per training sample)" if self.unit == "epochs" else "")
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    plan: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StudyRecipe:
+    path: Path
+    name: str
+    root: Path
+    results: Path
+    scores: Path
+    teacher: str | None
+    student: str | None
+    seeds: tuple[int, ...]
+    baseline: str
+    budget: Budget
+    arms: dict[str, Arm]
+    plan: dict[str, Any]
+    train: dict[str, Any]
+    eval: dict[str, Any]
+    references: bool = True
+    threads: int | None = None
+    jobs: int = 1
+
+    def run_ids(self) -> list[tuple[str, int]]:
+        """Every (arm, seed), seed-major: a study cut short has every arm at its first seeds."""
+        return [(a, s) for s in self.seeds for a in self.arms]
+
+
+def run_id(arm: str, seed: int) -> str:
+    return f"{arm}-s{seed}"
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def read_study(spec: str | Path, out: str | None = None, results: str | None = None) -> StudyRecipe:
+    """Parse and check a study recipe; every problem is one line naming the fix (ConfigError, exit 2)."""
+    import tomllib
+
+    path = Path(spec)
+    if not path.is_file():
+        raise ConfigError(f"study recipe {spec!r} not found: pass a TOML file")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"cannot parse study recipe {path}: {e}") from e
+    where = f"study recipe {path}"
+    unknown = [k for k in raw if k not in TOP_KEYS + TABLES]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; top-level keys are {', '.join(TOP_KEYS)} "
+                          f"and tables {', '.join(TABLES)}")
+    root = Path(out or raw.get("out") or f"runs/{path.stem}")
+
+    def expand(v: Any) -> Any:
+        if isinstance(v, str):
+            return v.replace("{out}", str(root))
+        if isinstance(v, list):
+            return [expand(x) for x in v]
+        if isinstance(v, dict):
+            return {k: expand(x) for k, x in v.items()}
+        return v
+
+    raw = {k: expand(v) for k, v in raw.items() if k != "out"}
+    if "scores" not in raw:
+        raise ConfigError(f"{where}: scores is required (a score artifact directory, e.g. scores = \"{{out}}/score\")")
+    seeds = raw.get("seeds", [0])
+    if not (isinstance(seeds, list) and seeds and all(_int(s) for s in seeds)) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{where}: seeds must be a list of distinct whole numbers, got {seeds!r}")
+    for k in ("threads", "jobs"):
+        if k in raw and not (_int(raw[k]) and raw[k] >= 1):
+            raise ConfigError(f"{where}: {k} must be a whole number >= 1, got {raw[k]!r}")
+    for t in ("budget", "plan", "train", "eval", "arms"):
+        if t in raw and not isinstance(raw[t], dict):
+            raise ConfigError(f"{where}: {t} must be a [table]")
+
+    budget = _budget(raw.get("budget"), where)
+    shared = {t: dict(raw.get(t, {})) for t in ("plan", "train", "eval")}
+    references = shared["eval"].pop("references", True)
+    if not isinstance(references, bool):
+        raise ConfigError(f"{where}: [eval] references must be true or false")
+    for stage, table in shared.items():
+        owned = [k for k in table if k in OWNED[stage]]
+        if owned:
+            raise ConfigError(f"{where}: [{stage}] sets {', '.join(owned)}, which the study sets itself "
+                              f"({_owned_why(stage)}); remove it")
+
+    arms_raw = raw.get("arms") or {}
+    if len(arms_raw) < 2:
+        raise ConfigError(f"{where}: a study needs at least two [arms.NAME] tables (one of them the baseline)")
+    arms: dict[str, Arm] = {}
+    for name, table in arms_raw.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: arms.{name} must be a table with plan = {{...}} and/or train = {{...}}")
+        bad = [k for k in table if k not in ("plan", "train")]
+        if bad:
+            raise ConfigError(f"{where}: arms.{name} has unknown key(s) {', '.join(bad)}; an arm has only "
+                              "plan = {...} and train = {...} (keys of `distillkit plan` / `distillkit train`)")
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"{where}: arm name {name!r} must be letters, digits, - and _ (it names files)")
+        for stage in ("plan", "train"):
+            owned = [k for k in table.get(stage, {}) if k in OWNED[stage]]
+            if owned:
+                raise ConfigError(f"{where}: arm {name!r} sets {stage} key(s) {', '.join(owned)}: "
+                                  f"{_owned_why(stage)}; remove it from the arm")
+        arms[name] = Arm(name, dict(table.get("plan", {})), dict(table.get("train", {})))
+    baseline = raw.get("baseline", next(iter(arms)))
+    if baseline not in arms:
+        raise ConfigError(f"{where}: baseline {baseline!r} is not an arm; arms are {', '.join(arms)}")
+    results_dir = Path(results or raw.get("results") or root / "results")
+    return StudyRecipe(path=path, name=str(raw.get("name", path.stem)), root=root, results=results_dir,
+                       scores=Path(raw["scores"]), teacher=raw.get("teacher"), student=raw.get("student"),
+                       seeds=tuple(seeds), baseline=baseline, budget=budget, arms=arms, plan=shared["plan"],
+                       train=shared["train"], eval=shared["eval"], references=references,
+                       threads=raw.get("threads"), jobs=int(raw.get("jobs", 1)))
+
+
+def _owned_why(stage: str) -> str:
+    return {"plan": "every arm's stage lengths come from the study's [budget]; inputs and outputs from the study",
+            "train": "the study's [budget], seeds, scores and models decide these for every arm",
+            "eval": "the study evaluates each run's student on the score artifact's held-out split"}[stage]
+
+
+def _budget(table: Any, where: str) -> Budget:
+    if not isinstance(table, dict) or len(table) != 1 or next(iter(table)) not in ("epochs", "steps"):
+        raise ConfigError(f"{where}: [budget] needs exactly one of epochs = E (sample passes per training sample) "
+                          "or steps = N (optimizer steps), the same for every arm")
+    unit, value = next(iter(table.items()))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or (unit == "steps" and not _int(value)):
+        raise ConfigError(f"{where}: [budget] {unit} must be a positive {'whole ' if unit == 'steps' else ''}number, got {value!r}")
+    return Budget(unit, float(value))
+
+
+# ---------------------------------------------------------------- locks: which worker runs what
+
+def claim(lock: Path) -> bool:
+    """Take `lock` for this process; a lock left by a process that no longer runs (on this host) is taken over."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                held = json.loads(lock.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                held = {}
+            if held.get("host") == me["host"] and not _alive(int(held.get("pid", -1))):
+                lock.unlink(missing_ok=True)  # its holder was killed: the run resumes here
+                continue
+            return False
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(me, f)
+        return True
+    return False
+
+
+def release(lock: Path) -> None:
+    try:
+        if json.loads(lock.read_text(encoding="utf-8")).get("pid") == os.getpid():
+            lock.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---------------------------------------------------------------- results: one small JSON per run
+
+def write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def load_results(results: Path) -> dict[tuple[str, int], dict[str, Any]]:
+    out = {}
+    for p in sorted(results.glob("*-s*.json")):
+        r = json.loads(p.read_text(encoding="utf-8"))
+        out[(r["arm"], int(r["seed"]))] = r
+    return out
+
+
+def machine() -> dict[str, Any]:
+    """Where a run ran: CPU model and whether it has native bf16, torch threads, GPU if any."""
+    cpu = ""
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name") and not cpu:
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    info: dict[str, Any] = {"cpu": cpu, "cpu_bf16": sorted(flags & {"avx512_bf16", "amx_bf16"}), "cores": os.cpu_count()}
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+# ---------------------------------------------------------------- metrics and the summary
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    higher_is_better: bool
+    scale: float = 1.0  # shown as value x scale (ROUGE-L in points)
+    fmt: str = "{:.2f}"
+
+
+METRICS = (
+    Metric("rouge_l", "ROUGE-L (sampled answers, points)", True, 100.0),
+    Metric("ppl", "held-out perplexity", False),
+    Metric("kl", "held-out KL(teacher‖student), nats/token", False, 1.0, "{:.4f}"),
+)
+
+
+def value(r: Mapping[str, Any], key: str) -> float | None:
+    v = r.get("metrics", {}).get(key)
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+@dataclass(frozen=True)
+class ArmSummary:
+    arm: str
+    metric: Metric
+    estimate: Any  # stats.Estimate over seeds
+    per_seed: dict[int, float]
+    paired: Any = None  # stats.Estimate of arm - baseline over the shared seeds
+    paired_prompts: Any = None  # stats.Estimate of the per-prompt difference (averaged over shared seeds)
+    verdict: str = ""
+    detectable: float = math.nan
+
+
+def summarize(results: Mapping[tuple[str, int], Mapping[str, Any]], arms: list[str], baseline: str,
+              metric: Metric) -> list[ArmSummary]:
+    """Per arm: mean ± 95 % CI over seeds; per non-baseline arm the paired difference to the baseline."""
+    from distillkit import stats
+
+    per_arm: dict[str, dict[int, float]] = {a: {} for a in arms}
+    for (arm, seed), r in results.items():
+        v = value(r, metric.key)
+        if arm in per_arm and v is not None:
+            per_arm[arm][seed] = v * metric.scale
+    base = per_arm.get(baseline, {})
+    out = []
+    for arm in arms:
+        xs = per_arm[arm]
+        if not xs:
+            continue
+        est = stats.mean_ci([xs[s] for s in sorted(xs)])
+        if arm == baseline:
+            out.append(ArmSummary(arm, metric, est, xs))
+            continue
+        d = stats.paired(xs, base)
+        dp = _paired_prompts(results, arm, baseline, metric) if metric.key == "rouge_l" else None
+        out.append(ArmSummary(arm, metric, est, xs, d, dp, stats.verdict(d, metric.higher_is_better),
+                              stats.detectable(d) if d is not None else math.nan))
+    return out
+
+
+def _paired_prompts(results, arm: str, baseline: str, metric: Metric):
+    """Per held-out prompt: the arm's ROUGE-L minus the baseline's, each averaged over the seeds both have."""
+    from distillkit import stats
+
+    seeds = sorted({s for a, s in results if a == arm} & {s for a, s in results if a == baseline})
+    a_p: dict[str, list[float]] = {}
+    b_p: dict[str, list[float]] = {}
+    for s in seeds:
+        for src, acc in ((results[(arm, s)], a_p), (results[(baseline, s)], b_p)):
+            for pid, v in src.get("per_prompt", {}).get("rouge_l", {}).items():
+                acc.setdefault(pid, []).append(v)
+    common = sorted(set(a_p) & set(b_p))
+    if not common:
+        return None
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return stats.paired({p: mean(a_p[p]) * metric.scale for p in common}, {p: mean(b_p[p]) * metric.scale for p in common})
+
+
+def domain_values(results, arm: str, key: str = "ppl") -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for (a, _s), r in sorted(results.items()):
+        if a == arm:
+            for d, v in r.get("domains", {}).get(key, {}).items():
+                out.setdefault(d, []).append(float(v))
+    return out
+
+
+__all__ = ["Arm", "Budget", "StudyRecipe", "read_study", "run_id", "claim", "release", "write_json", "load_results",
+           "machine", "Metric", "METRICS", "ArmSummary", "summarize", "domain_values", "value"]

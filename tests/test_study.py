@@ -1,0 +1,257 @@
+"""`distillkit study`: recipe checks, the statistics against hand computations, and a 2-arm x 2-seed study end to end
+on tiny models (runs, skip on re-run, resume after a kill, result files picked up without the run directories)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from distillkit.cli.main import app
+from tests.conftest import make_texts, write_jsonl
+
+runner = CliRunner()
+
+
+# ---------------------------------------------------------------- statistics, by hand
+
+def test_mean_ci_known_answer():
+    from distillkit.stats import mean_ci
+
+    e = mean_ci([1.0, 2.0, 3.0, 4.0])
+    # mean 2.5, s = sqrt(5/3) = 1.290994, t_0.975(3) = 3.182446, half = 3.182446 * 1.290994 / 2 = 2.054260
+    assert e.mean == pytest.approx(2.5) and e.sd == pytest.approx(1.2909944, rel=1e-6)
+    assert e.half == pytest.approx(2.054260, rel=1e-5) and e.lo == pytest.approx(0.445740, rel=1e-5)
+    one = mean_ci([7.0])
+    assert one.mean == 7.0 and math.isnan(one.lo) and one.n == 1
+
+
+def test_paired_difference_detectable_and_verdict_known_answer():
+    from distillkit.stats import detectable, paired, verdict
+
+    d = paired({0: 5.0, 1: 7.0, 2: 6.0, 9: 100.0}, {0: 4.0, 1: 5.0, 2: 5.0})  # seed 9 has no baseline: left out
+    # d = [1, 2, 1]: mean 4/3, s = 0.577350, t_0.975(2) = 4.302653 -> half = 4.302653 * 0.577350 / sqrt(3) = 1.434218
+    assert d.n == 3 and d.mean == pytest.approx(4 / 3) and d.half == pytest.approx(1.434218, rel=1e-5)
+    assert verdict(d, higher_is_better=True) == "no difference detected"  # lo = -0.1009 < 0
+    # detectable: (t_0.975(2) + t_0.8(2)) * s / sqrt(3) = (4.302653 + 1.060660) * 0.333333 = 1.787771
+    assert detectable(d) == pytest.approx(1.787771, rel=1e-5)
+    better = paired({0: 3.0, 1: 3.1, 2: 2.9}, {0: 1.0, 1: 1.0, 2: 1.0})
+    assert verdict(better, True) == "better" and verdict(better, False) == "worse"
+    assert verdict(paired({0: 1.0}, {0: 0.0}), True) == "too few runs"
+
+
+def test_summary_from_result_files_matches_hand_computation(tmp_path):
+    from distillkit.study import METRICS, summarize
+
+    rouge = METRICS[0]
+    res = {}
+    for seed, (b, a) in enumerate([(0.20, 0.23), (0.22, 0.24), (0.21, 0.25)]):
+        res[("base", seed)] = {"metrics": {"rouge_l": b}, "per_prompt": {"rouge_l": {"p1": b, "p2": b + 0.1}}}
+        res[("pocl", seed)] = {"metrics": {"rouge_l": a}, "per_prompt": {"rouge_l": {"p1": a, "p2": a}}}
+    s = {x.arm: x for x in summarize(res, ["base", "pocl"], "base", rouge)}
+    assert s["base"].estimate.mean == pytest.approx(21.0) and s["base"].paired is None
+    # per-seed differences in points: 3, 2, 4 -> mean 3, s = 1, half = 4.302653 / sqrt(3) = 2.484138
+    p = s["pocl"].paired
+    assert p.mean == pytest.approx(3.0) and p.half == pytest.approx(2.484138, rel=1e-5)
+    assert s["pocl"].verdict == "better"
+    # per prompt, averaged over seeds: p1 3.0, p2 (24 - 31) = -7.0 -> mean -2
+    assert s["pocl"].paired_prompts.mean == pytest.approx(-2.0) and s["pocl"].paired_prompts.n == 2
+
+
+# ---------------------------------------------------------------- recipes that are refused (exit 2, one line)
+
+def _recipe(path: Path, body: str) -> Path:
+    path.write_text(body, encoding="utf-8")
+    return path
+
+
+BASE = """
+out = "{out}"
+scores = "{scores}"
+seeds = [0, 1]
+baseline = "flat"
+[budget]
+epochs = 2
+[arms.flat]
+plan = {{ curriculum = false }}
+[arms.pocl]
+plan = {{ stages = 2 }}
+"""
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.replace("plan = { stages = 2 }", "plan = { stagez = 2 }"), "unknown key 'stagez'"),
+    (lambda s: s.replace("plan = { stages = 2 }", "plan = { curriculum = false }"), "are identical"),
+    (lambda s: s.replace("plan = { stages = 2 }", "plan = { stages = 2 }\ntrain = { steps = 9 }"), "sets train key(s) steps"),
+    (lambda s: s.replace("[budget]\nepochs = 2", "[budget]\nepochs = 2\nsteps = 4"), "exactly one of epochs"),
+    (lambda s: s.replace('baseline = "flat"', 'baseline = "nope"'), "baseline 'nope' is not an arm"),
+    (lambda s: s + "\n[arms.odd]\nbudget = 3\n", "arms.odd has unknown key(s) budget"),
+])
+def test_bad_recipes_exit_2_with_one_line(tmp_path, study_scores, edit, message):
+    body = edit(BASE.format(out=tmp_path / "runs", scores=study_scores))
+    r = runner.invoke(app, ["study", str(_recipe(tmp_path / "s.toml", body))])
+    assert r.exit_code == 2, r.output
+    assert message in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_score_without_topk_refused_for_offline_arm(tmp_path, study_scores_plain):
+    body = BASE.format(out=tmp_path / "runs", scores=study_scores_plain) + '[train]\nteacher_mode = "offline"\n'
+    r = runner.invoke(app, ["study", str(_recipe(tmp_path / "s.toml", body))])
+    assert r.exit_code == 2 and "stores no teacher top-k" in r.output, r.output
+
+
+def test_rouge_on_plain_text_scores_refused(tmp_path, text_scores):
+    body = BASE.format(out=tmp_path / "runs", scores=text_scores) + '[eval]\nrouge = "on"\n'
+    r = runner.invoke(app, ["study", str(_recipe(tmp_path / "s.toml", body))])
+    assert r.exit_code == 2 and "needs prompt/response data" in r.output, r.output
+
+
+# ---------------------------------------------------------------- a whole study on tiny models
+
+def _instruction_rows(n: int) -> list[dict]:
+    prompts, responses = make_texts(n, seed=21, max_words=10), make_texts(n, seed=22, max_words=8)
+    return [{"prompt": p, "response": r, "domain": "qa" if i % 2 else "chat"} for i, (p, r) in enumerate(zip(prompts, responses))]
+
+
+def _score(tmp, teacher, student, rows, top_k: int) -> Path:
+    from distillkit.pipelines.score import ScoreConfig, run
+
+    data = write_jsonl(tmp / "data.jsonl", rows)
+    out = tmp / "score"
+    run(ScoreConfig(data=str(data), teacher=str(teacher), student=str(student), out=str(out), dtype="float32",
+                    max_length=48, gen_max_new_tokens=6, top_k=top_k))
+    return out
+
+
+@pytest.fixture(scope="module")
+def study_scores(tmp_path_factory, tiny_teacher_dir, tiny_student_dir) -> Path:
+    return _score(tmp_path_factory.mktemp("sscore"), tiny_teacher_dir, tiny_student_dir, _instruction_rows(40), top_k=8)
+
+
+@pytest.fixture(scope="module")
+def study_scores_plain(tmp_path_factory, tiny_teacher_dir, tiny_student_dir) -> Path:
+    return _score(tmp_path_factory.mktemp("sscore0"), tiny_teacher_dir, tiny_student_dir, _instruction_rows(40), top_k=0)
+
+
+@pytest.fixture(scope="module")
+def text_scores(tmp_path_factory, tiny_teacher_dir, tiny_student_dir) -> Path:
+    rows = [{"text": t, "domain": "a" if i % 2 else "b"} for i, t in enumerate(make_texts(30, seed=3))]
+    return _score(tmp_path_factory.mktemp("tscore"), tiny_teacher_dir, tiny_student_dir, rows, top_k=0)
+
+
+STUDY = BASE + """
+[train]
+teacher_mode = "offline"
+batch_size = 4
+seq_len = 48
+lr = 1e-3
+mixture = "uniform"
+save_every = 2
+teacher_dtype = "float32"
+precision = "fp32"
+[eval]
+gen_seeds = [10, 20]
+gen_max_new_tokens = 4
+max_length = 48
+dtype = "float32"
+tasks = "none"
+"""
+
+
+def _files(results: Path) -> set[str]:
+    return {p.name for p in results.glob("*.json")}
+
+
+def test_study_end_to_end_skip_resume_and_pickup(tmp_path, study_scores, monkeypatch):
+    import distillkit.pipelines.eval as ev
+
+    out, results = tmp_path / "runs", tmp_path / "results"
+    recipe = _recipe(tmp_path / "study.toml", STUDY.format(out=out, scores=study_scores))
+
+    # 1. killed during the 3rd evaluation (reference, flat-s0, then pocl-s0): two result files survive, pocl-s0's train is done
+    real, calls = ev.run, {"n": 0}
+
+    def dying(cfg, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(ev, "run", dying)
+    r = runner.invoke(app, ["study", str(recipe), "--results", str(results), "--threads", "1"])
+    assert r.exit_code == 130, r.output
+    assert _files(results) >= {"reference.json", "flat-s0.json"} and "pocl-s0.json" not in _files(results)
+    assert not list((out / "locks").glob("*.lock"))  # released on the way out
+    train_manifest = out / "runs" / "pocl-s0" / "train" / "manifest.json"
+    assert train_manifest.is_file()
+    before = train_manifest.stat().st_mtime_ns
+    flat_result = (results / "flat-s0.json").read_text()
+    monkeypatch.setattr(ev, "run", real)
+
+    # 2. rerun: finished runs skipped, pocl-s0 evaluated from its finished train, the rest run
+    r = runner.invoke(app, ["study", str(recipe), "--results", str(results), "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    assert _files(results) >= {"reference.json", "flat-s0.json", "flat-s1.json", "pocl-s0.json", "pocl-s1.json"}
+    assert train_manifest.stat().st_mtime_ns == before and (results / "flat-s0.json").read_text() == flat_result
+    assert "2 already finished" in r.output or "2 finished" in r.output
+
+    # the result files hold what the artifacts say
+    res = json.loads((results / "pocl-s1.json").read_text())
+    assert res["arm"] == "pocl" and res["seed"] == 1 and 0 <= res["metrics"]["rouge_l"] <= 1
+    assert set(res["per_seed"]["rouge_l"]) == {"10", "20"}
+    per_prompt = res["per_prompt"]["rouge_l"]
+    assert res["metrics"]["rouge_l"] == pytest.approx(sum(per_prompt.values()) / len(per_prompt), abs=1e-6)
+    assert res["train"]["stages"] and len(res["train"]["stages"]) == 2 and res["machine"]["cpu"] is not None
+    budgets = json.loads((results / "budgets.json").read_text())
+    # flat: 2 epochs over 36 training samples; pocl: 2 stages of 2*2/3 epochs over 18 and 36 -> 36 passes of 36
+    assert budgets["flat"]["sample_passes"] == pytest.approx(2.0, abs=0.25)
+    assert budgets["pocl"]["sample_passes"] == pytest.approx(2.0, abs=0.25)
+
+    report = (results / "report.md").read_text()
+    assert "ROUGE-L" in report and "Δ vs baseline" in report and "pocl" in report and (results / "study.png").is_file()
+    from distillkit.stats import paired
+    from distillkit.study import load_results
+
+    got = load_results(results)
+    d = paired({s: got[("pocl", s)]["metrics"]["rouge_l"] * 100 for s in (0, 1)},
+               {s: got[("flat", s)]["metrics"]["rouge_l"] * 100 for s in (0, 1)})
+    assert f"{d.mean:.2f} [{d.lo:.2f}, {d.hi:.2f}]" in report
+
+    # 3. a third run does nothing
+    r = runner.invoke(app, ["study", str(recipe), "--results", str(results), "--threads", "1"])
+    assert r.exit_code == 0 and "0 run(s) to do" in r.output, r.output
+
+    # 4. the result files alone (run directories gone, as on another machine) are enough to skip every run
+    shutil.rmtree(out / "runs")
+    r = runner.invoke(app, ["study", str(recipe), "--results", str(results), "--threads", "1"])
+    assert r.exit_code == 0 and "0 run(s) to do" in r.output, r.output
+    assert not (out / "runs").exists()
+
+    # 5. a changed shared setting is refused: its results would not compare
+    changed = _recipe(tmp_path / "changed.toml", STUDY.format(out=out, scores=study_scores).replace("epochs = 2", "epochs = 3"))
+    r = runner.invoke(app, ["study", str(changed), "--results", str(results)])
+    assert r.exit_code == 2 and "another budget" in r.output, r.output
+
+
+def test_stale_lock_of_a_killed_worker_is_taken_over(tmp_path):
+    from distillkit.study import claim, release
+
+    lock = tmp_path / "x.lock"
+    import socket
+
+    lock.write_text(json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname()}))  # no such process
+    assert claim(lock)
+    mine = json.loads(lock.read_text())
+    assert mine["pid"] != 2**22 + 12345
+    lock2 = tmp_path / "z.lock"
+    import os
+
+    lock2.write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))  # alive: not taken
+    assert not claim(lock2)
+    release(lock)
+    assert not lock.exists()
