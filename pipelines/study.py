@@ -9,7 +9,7 @@ nothing written); then one plan per arm; then the runs, seed-major, each one
     result  {results}/<arm>-s<seed>.json     (small; commit it)
 
 and, with ``[eval] references = true``, one evaluation of the teacher and the initial student
-({results}/reference.json). A run whose result file exists for the same setting is skipped, even when its
+({results}/reference.json), queued last: it is context, not part of any paired comparison. A run whose result file exists for the same setting is skipped, even when its
 run directory is gone (another machine, a later session); a result file made with another setting is
 refused. ``jobs = 2`` runs two runs side by side, each in its own process with ``threads`` torch threads;
 the workers share the queue through lock files, and a lock left by a killed worker is taken over. The
@@ -169,7 +169,7 @@ def prepare(rec: StudyRecipe) -> StudyPlan:
     if rec.references:
         ecfg = build(EvalConfig, {"plot": False, **eval_given, "models": (f"initial={student}",), "teacher": f"teacher={teacher}",
                                   "data": str(rec.scores), "out": str(rec.root / "runs" / REFERENCE / "eval")}, "[eval]")
-        jobs.insert(0, RunJob(REFERENCE, None, None, None, ecfg, _sha({"score": score_id, "eval": eval_given})))
+        jobs.append(RunJob(REFERENCE, None, None, None, ecfg, _sha({"score": score_id, "eval": eval_given})))
     setting = {"name": rec.name, "score": score_id, "budget": {"unit": rec.budget.unit, "value": rec.budget.value},
                "baseline": rec.baseline, "eval": eval_given, "plan": rec.plan, "train": rec.train,
                "arms": {a: {"plan": x.plan, "train": x.train} for a, x in rec.arms.items()}}
