@@ -105,9 +105,11 @@ def find_recipe(spec: str) -> Path:
     if p.is_file():
         return p
     shipped = RECIPES / f"{spec}.toml"
-    if shipped.is_file():
+    if shipped.is_file() and not spec.startswith("study-"):
         return shipped
-    names = sorted(x.stem for x in RECIPES.glob("*.toml"))
+    if shipped.is_file():
+        raise ConfigError(f"{spec} is a study recipe: run it with `distillkit study {spec}`")
+    names = sorted(x.stem for x in RECIPES.glob("*.toml") if not x.stem.startswith("study-"))
     raise ConfigError(f"recipe {spec!r} not found: pass a TOML file or one of: {', '.join(names)}")
 
 
