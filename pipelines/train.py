@@ -52,7 +52,7 @@ class TrainConfig:
     loss_form: Literal["pocl", "additive"] = opt("pocl", "pocl: (1-λ)·CE + λ·D with λ, T from the plan's stage; additive: CE + λ·D (DDK Eq. 3 with λ = γ).", panel="loss")
     kd_weight: float | None = opt(None, "Fixed λ (or γ for additive) instead of the plan's per-stage value; DDK's Eq. 3: 0.2 with loss_form = additive.", panel="loss")
     temperature: float | None = opt(None, "Fixed temperature T instead of the plan's per-stage value.", panel="loss")
-    jsd_beta: float = opt(0.5, "β of jsd: β·KL(p‖m) + (1−β)·KL(q‖m), m = βp + (1−β)q.", panel="loss")
+    jsd_beta: float = opt(0.5, "β of jsd: β·KL(p‖m) + (1−β)·KL(q‖m), m = βp + (1−β)q; 0 = forward KL, 1 = reverse KL (GKD's convention).", panel="loss")
     skew_alpha: float = opt(0.1, "α of the skew KLs skl / srkl (DistiLLM).", panel="loss")
     akl_mu: float = opt(0.5, "Head mass μ of akl (adaptive KL).", panel="loss")
     taid_t_start: float = opt(0.4, "TAID: initial interpolation t.", panel="loss")

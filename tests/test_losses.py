@@ -157,14 +157,28 @@ def test_temperature_keeps_fkl_gradient_scale_comparable():
 # --------------------------------------------------------------------------- JSD limits
 
 
-def test_jsd_endpoints_are_exactly_zero_with_zero_gradients():
+def test_jsd_endpoints_are_forward_and_reverse_kl_as_in_gkd():
+    """β = 0 trains forward KL and β = 1 reverse KL (GKD / TRL's convention), values and gradients."""
     zs = _logits(2, 3, 6, seed=8).requires_grad_()
     zt = _logits(2, 3, 6, seed=9)
-    for beta in (0.0, 1.0):
-        loss = kd_loss(zs, zt, None, "jsd", beta=beta)
-        (g,) = _grads(loss, [zs])
-        assert loss.item() == 0.0
-        assert torch.count_nonzero(g) == 0
+    for beta, kind in ((0.0, "fkl"), (1.0, "rkl")):
+        loss, ref = kd_loss(zs, zt, None, "jsd", beta=beta), kd_loss(zs, zt, None, kind)
+        assert loss.item() > 0 and loss.item() == pytest.approx(ref.item(), rel=1e-6)
+        torch.testing.assert_close(_grads(loss, [zs])[0], _grads(ref, [zs])[0])
+
+
+def test_jsd_hand_computed_three_token_vocabulary():
+    import math
+
+    p, q = [0.5, 0.3, 0.2], [0.2, 0.5, 0.3]  # teacher, student
+    zt, zs = torch.log(torch.tensor([[p]])), torch.log(torch.tensor([[q]]))
+    for beta in (0.1, 0.5, 0.9):
+        m = [beta * a + (1 - beta) * b for a, b in zip(p, q)]
+        want = beta * sum(a * math.log(a / c) for a, c in zip(p, m)) + (1 - beta) * sum(b * math.log(b / c) for b, c in zip(q, m))
+        assert kd_loss(zs, zt, None, "jsd", beta=beta).item() == pytest.approx(want, rel=1e-5)
+    # β = 0.5 by hand: m = (0.35, 0.4, 0.25), KL(p‖m) = 0.047404, KL(q‖m) = 0.054346 -> 0.050875
+    assert kd_loss(zs, zt, None, "jsd", beta=0.5).item() == pytest.approx(0.050875, abs=2e-6)
+    assert kd_loss(zs, zt, None, "jsd", beta=0.0).item() == pytest.approx(sum(a * math.log(a / b) for a, b in zip(p, q)), rel=1e-5)
 
 
 def test_jsd_limits_approach_kl_linearly():

@@ -96,14 +96,18 @@ def _zero_rows(log_q: Tensor) -> Tensor:
 
 
 def jsd_rows(log_q: Tensor, log_p: Tensor, beta: float) -> Tensor:
-    """β·KL(p‖m) + (1−β)·KL(q‖m), m = βp + (1−β)q.
+    """β·KL(p‖m) + (1−β)·KL(q‖m), m = βp + (1−β)q; at the ends, GKD's convention: β = 0 is forward KL(p‖q),
+    β = 1 reverse KL(q‖p).
 
-    At β = 0, m = q and both terms vanish; at β = 1, m = p and again both vanish:
-    the generalised JSD is identically 0 there (and → 0 continuously, as
-    β·KL(p‖q) near 0 and (1−β)·KL(q‖p) near 1). We return exact zeros.
+    The formula itself vanishes at both ends (m becomes q or p); GKD (Agarwal et al.) and TRL's
+    `generalized_jsd_loss` define β = 0 / 1 as the forward / reverse KL instead, and users port those
+    settings, so a β of 0 or 1 trains with that KL rather than with a silent zero. Inside (0, 1) the
+    value is the formula (JSD_β ≈ β·KL(p‖q) near 0, so it is discontinuous at the ends, as in TRL).
     """
-    if beta in (0.0, 1.0):
-        return _zero_rows(log_q)
+    if beta == 0.0:
+        return kl_rows(log_p, log_q)
+    if beta == 1.0:
+        return kl_rows(log_q, log_p)
     log_m = _log_mix(log_p, log_q, beta)
     return beta * kl_rows(log_p, log_m) + (1.0 - beta) * kl_rows(log_q, log_m)
 
