@@ -24,7 +24,7 @@ the pool of stage s is exactly ranks ``[0, pool_size(s))`` and, equivalently, ro
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 from distillkit.difficulty import RRF_K
 from distillkit.errors import ConfigError, DataError
 
-Measure = Literal["auto", "rrf", "student_ce", "ppl_ratio", "nll_gap", "kl"]
+from distillkit.choices import Measure  # noqa: E402,F401  (re-exported)
 
 # measure -> score columns it needs
 MEASURE_COLUMNS: dict[str, tuple[str, ...]] = {

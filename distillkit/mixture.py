@@ -14,15 +14,13 @@ overflow. The train stage reuses `ddk_update` at each re-measurement.
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from distillkit.errors import DataError
 
-MixtureKind = Literal["ddk", "uniform", "proportional"]
-DDK_ALPHA = 0.5
-DDK_INTERVAL = 1000
+from distillkit.choices import DDK_ALPHA, DDK_INTERVAL, MixtureKind  # noqa: F401  (re-exported)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

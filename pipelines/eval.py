@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from distillkit.config import group, opt, to_dict
-from distillkit.data import DataOptions
+from distillkit.data_options import DataOptions
 from distillkit.pipelines.stage import StageResult, result
 
 KIND = "eval"

@@ -17,14 +17,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Literal
 
 from distillkit.config import opt, to_dict
 from distillkit.pipelines.stage import StageResult, result
-from distillkit.curriculum import Measure
-from distillkit.mixture import DDK_ALPHA, DDK_INTERVAL, MixtureKind
+from distillkit.choices import DDK_ALPHA, DDK_INTERVAL, Measure, MixtureKind
+
+if TYPE_CHECKING:
+    import numpy as np
 
 KIND = "plan"
 
@@ -91,6 +91,7 @@ class PlanConfig:
 
 
 def run(cfg: PlanConfig, resume: bool = False, overwrite: bool = False) -> StageResult:
+    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -199,7 +200,9 @@ def run(cfg: PlanConfig, resume: bool = False, overwrite: bool = False) -> Stage
     return result(writer)
 
 
-def _tokens_by_domain(table, names: list[str]) -> np.ndarray:
+def _tokens_by_domain(table, names: list[str]) -> "np.ndarray":
+    import numpy as np
+
     from distillkit.curriculum import domain_codes
 
     _, codes = domain_codes(table.column("domain"))
@@ -208,6 +211,7 @@ def _tokens_by_domain(table, names: list[str]) -> np.ndarray:
 
 def plot_plan(curriculum, mixture, record, path: Path) -> None:
     """Difficulty distribution by domain with the range each stage adds, beside the mixture."""
+    import numpy as np
     import matplotlib
 
     matplotlib.use("Agg")

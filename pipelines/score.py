@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from distillkit.config import group, opt, to_dict
-from distillkit.data import DataOptions
+from distillkit.data_options import DataOptions
 from distillkit.pipelines.stage import StageResult, result
 from distillkit.errors import ConfigError
 from distillkit.records import ScoreRecord, TopKInfo

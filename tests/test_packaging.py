@@ -24,3 +24,15 @@ def test_namespace_imports_resolve_to_the_repository_folders():
 
     assert Path(distillkit.cli.main.__file__).parent == ROOT / "cli"
     assert Path(distillkit.pipelines.recipe.__file__).parent == ROOT / "pipelines"
+
+
+def test_cli_start_up_imports_no_heavy_library():
+    """`distillkit --help` builds every command's options from the config classes; none may pull in torch,
+    transformers, pyarrow or numpy at import time (they cost ~0.5 s before the first line of help)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, distillkit.cli.main; "
+            "print(','.join(m for m in ('torch', 'transformers', 'pyarrow', 'numpy', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "", f"imported at start-up: {out}"
