@@ -12,6 +12,7 @@ version, with missing/resized/tampered files, or with the wrong columns.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -19,17 +20,18 @@ import os
 import shutil
 import subprocess
 import sys
+import weakref
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from distillkit import __version__
 from distillkit.config import config_sha256
-from distillkit.errors import ArtifactError, OutputExists
+from distillkit.errors import ArtifactError, DamagedOutput, DiskFull, OutputExists, is_disk_full
 
 # 2: score top-k parts in the compact format (uint16 ids, uint8 log-prob codes, tail mass; distillkit.topk).
 SCHEMA_VERSION = 2
@@ -54,25 +56,55 @@ def sha256_file(path: str | Path, bufsize: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def temp_name(path: Path) -> Path:
+    """Where `path` is written before it is renamed into place: a hidden name beside it, with this pid."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def _is_temp(p: Path) -> bool:
+    return p.name.startswith(".") and p.name.rsplit(".tmp", 1)[-1].isdigit() and ".tmp" in p.name
+
+
+@contextlib.contextmanager
+def writing(path: Path, *cleanup: Path, kept: str = "the files written before it are kept") -> Iterator[None]:
+    """Around a write of `path`: on any failure remove the unfinished `cleanup` paths; a full disk becomes one
+    `DiskFull` line naming `path` and what was `kept`."""
+    try:
+        yield
+    except BaseException as e:
+        for c in cleanup:
+            if c.is_dir():
+                shutil.rmtree(c, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    c.unlink()
+        if isinstance(e, Exception) and not isinstance(e, DiskFull) and is_disk_full(e, path):
+            raise DiskFull(f"no space left on device while writing {path}; the unfinished file was removed and "
+                           f"{kept}; free space on that disk and rerun with --resume") from e
+        raise
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary name beside `path`, fsync, then rename over it: readers see old or new, never half."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = temp_name(path)
+    with writing(path, tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 def write_arrow(path: str | Path, table: pa.Table, compression: str | None = None) -> None:
     """Write an Arrow IPC *file* atomically (temp name, then os.replace)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_name(path)
     opts = ipc.IpcWriteOptions(compression=compression)
-    with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, table.schema, options=opts) as w:
-        w.write_table(table)
-    os.replace(tmp, path)
+    with writing(path, tmp):
+        with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, table.schema, options=opts) as w:
+            w.write_table(table)
+        os.replace(tmp, path)
 
 
 def read_arrow(path: str | Path) -> pa.Table:
@@ -171,6 +203,11 @@ def read_artifact(path: str | Path, kind: str | tuple[str, ...] | None = None) -
     if not p.exists():
         partial = partial_dir(p)
         hint = f"; an interrupted run is in {partial}: rerun its stage with --resume" if partial.exists() else ""
+        from distillkit.locks import live_holder, lock_path
+
+        holder = live_holder(lock_path(p))
+        if holder is not None and holder.pid != os.getpid():
+            hint = f"; it is being written right now ({holder.describe()}): wait for that run to finish"
         raise ArtifactError(f"{p} does not exist (expected {want}){hint}")
     if not p.is_dir():
         raise ArtifactError(f"{p} is a file, expected {want} directory")
@@ -217,8 +254,12 @@ def check_input(artifact: Artifact, recorded: list[dict[str, Any]], role: str) -
 class ArtifactWriter:
     """Writes one artifact into ``<out>.partial`` and swaps it into ``<out>`` at `finish`.
 
-    ``done`` is True when ``<out>`` already holds this kind made with the same config:
-    the stage has nothing to do (idempotent re-run).
+    The writer holds ``<out>``'s lock (`distillkit.locks`) from the start until `finish` or `close`: a
+    second writer of the same output (plain, resumed or overwriting) is refused with `ArtifactLocked`
+    before it reads or touches anything; a lock left by a killed process is taken over.
+
+    ``done`` is True when ``<out>`` already holds this kind made with the same config, and its files
+    still match its manifest: the stage has nothing to do (idempotent re-run).
     """
 
     def __init__(
@@ -231,6 +272,8 @@ class ArtifactWriter:
         resume: bool = False,
         overwrite: bool = False,
     ) -> None:
+        from distillkit import locks
+
         self.out = Path(out)
         self.kind = kind
         self.config = config
@@ -241,10 +284,41 @@ class ArtifactWriter:
         self.partial = partial_dir(self.out)
         self.done = False
         self.resumed = False
-        self._check_out(overwrite)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        locks.acquire(self.out)
+        # A writer dropped without finish/close (an exception in its stage) gives its hold back when collected.
+        self._unlock = weakref.finalize(self, locks.release_lock, self.out)
+        try:
+            self._recover()
+            self._check_out(overwrite)
+            if not self.done:
+                self._prepare_partial(resume, overwrite)
+        except BaseException:
+            self.close()
+            raise
         if self.done:
-            return
-        self._prepare_partial(resume, overwrite)
+            self.close()
+
+    def close(self) -> None:
+        """Give back the output's lock (idempotent); `finish` does it after the swap."""
+        self._unlock()
+
+    def __enter__(self) -> "ArtifactWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _recover(self) -> None:
+        """Undo what a killed writer of this output left (the lock says none runs): a finished artifact whose
+        swap into place was cut short is swapped in; the old copy a swap was replacing is removed."""
+        for old in self.out.parent.glob(f".{self.out.name}.old*"):
+            pid = old.name.rsplit(".old", 1)[-1]
+            if pid.isdigit() and int(pid) != os.getpid():
+                shutil.rmtree(old, ignore_errors=True)
+        if not self.out.exists() and (self.partial / MANIFEST).is_file():
+            (self.partial / RUN_STATE).unlink(missing_ok=True)
+            os.replace(self.partial, self.out)
 
     def _check_out(self, overwrite: bool) -> None:
         if not self.out.exists():
@@ -255,18 +329,57 @@ class ArtifactWriter:
         if mpath.is_file():
             try:
                 m = json.loads(mpath.read_text(encoding="utf-8"))
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, UnicodeDecodeError):
                 m = {}
-            if m.get("kind") == self.kind and m.get("config_sha256") == self.config_sha and not overwrite:
+            if not isinstance(m, dict):
+                m = {}
+            if overwrite:
+                return
+            if m.get("kind") == self.kind and m.get("config_sha256") == self.config_sha:
+                damage = verify_files(self.out, m.get("files", []))
+                if damage:
+                    raise DamagedOutput(
+                        f"{self.out} holds a {self.kind} artifact made with this config, but it is damaged ({damage}); "
+                        "pass --overwrite to redo it"
+                    )
                 self.done = True
                 return
-            if not overwrite:
-                raise OutputExists(
-                    f"{self.out} already holds a {m.get('kind', 'different')} artifact made with another config "
-                    f"(sha256 {str(m.get('config_sha256', '?'))[:12]} vs {self.config_sha[:12]}); pass --overwrite to replace it or choose another --out"
-                )
+            raise OutputExists(f"{self.out} {self._why_different(m)}; pass --overwrite to replace it or choose another --out")
         elif any(self.out.iterdir()) and not overwrite:
             raise OutputExists(f"--out {self.out} is a non-empty directory that is not a distillkit artifact; choose another --out")
+
+    def _why_different(self, m: dict[str, Any]) -> str:
+        """Why the artifact in ``out`` (manifest `m`) is not the one this writer would make: the real reason."""
+        kind = m.get("kind")
+        if not kind or "config" not in m:
+            return f"holds a {MANIFEST} that is not a distillkit manifest"
+        if kind != self.kind:
+            return f"holds a {kind} artifact, not a {self.kind} one"
+        old = m.get("config") if isinstance(m.get("config"), dict) else {}
+        diff = sorted(k for k in set(old) | set(self.config) if old.get(k) != self.config.get(k))
+        derived = [k for k in diff if k.endswith(("_sha256", "_fingerprint"))]
+        settings = [k for k in diff if k not in derived]
+        reasons = []
+        if settings:
+            shown = ", ".join(f"{k} {_short(old.get(k))} -> {_short(self.config.get(k))}" for k in settings[:4])
+            reasons.append(f"made with another config (differs in: {shown}{', ...' if len(settings) > 4 else ''})")
+        recorded = {i.get("kind"): i for i in m.get("inputs", []) if isinstance(i, dict)}
+        changed = [(recorded[i["kind"]], i) for i in self.inputs
+                   if i["kind"] in recorded and recorded[i["kind"]].get("manifest_sha256") != i["manifest_sha256"]]
+        for was, now in changed:
+            same = was.get("path") == now["path"]
+            where = f"{now['path']}" if same else f"{was.get('path')} (now {now['path']})"
+            reasons.append(f"made from another {now['kind']} artifact: {where} had manifest sha256 "
+                           f"{str(was.get('manifest_sha256'))[:12]} then and has {now['manifest_sha256'][:12]} now "
+                           f"({'rebuilt or edited since' if same else 'a different artifact'})")
+        # a recorded input's manifest hash in the config says the same as `changed`
+        other = [k for k in derived if not (changed and k.endswith("manifest_sha256"))]
+        if other:
+            names = ", ".join(k.removesuffix("_fingerprint").removesuffix("_sha256") for k in other)
+            reasons.append(f"made from other inputs ({names} changed since)")
+        if not reasons:
+            reasons.append(f"made with another config (sha256 {str(m.get('config_sha256', '?'))[:12]} vs {self.config_sha[:12]})")
+        return f"holds a {self.kind} artifact " + " and ".join(reasons)
 
     def _prepare_partial(self, resume: bool, overwrite: bool) -> None:
         state = self.partial / RUN_STATE
@@ -292,9 +405,19 @@ class ArtifactWriter:
                 )
             else:
                 self.resumed = True
-        self.partial.mkdir(parents=True, exist_ok=True)
+                self._remove_temp_files()  # the killed run's unfinished files: nobody else writes here (the lock)
+        with writing(self.partial, kept=f"{self.out} is unchanged"):
+            self.partial.mkdir(parents=True, exist_ok=True)
         if not state.is_file():
             atomic_write_bytes(state, json.dumps({"kind": self.kind, "config_sha256": self.config_sha, "config": self.config}).encode())
+
+    def _remove_temp_files(self) -> None:
+        for p in list(self.partial.rglob(".*")):
+            if _is_temp(p):
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
 
     # --- parts
     def path(self, name: str) -> Path:
@@ -315,6 +438,7 @@ class ArtifactWriter:
 
     def finish(self, figures: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
         """Write manifest.json last and swap the finished directory into place."""
+        self._remove_temp_files()
         files = []
         for fp in sorted(self.partial.rglob("*")):
             if not fp.is_file() or fp.name in (RUN_STATE, MANIFEST) or fp.name.startswith("."):
@@ -340,8 +464,8 @@ class ArtifactWriter:
             "figures": figures or {},
             **(extra or {}),
         }
-        (self.partial / RUN_STATE).unlink(missing_ok=True)
         atomic_write_bytes(self.partial / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False).encode())
+        (self.partial / RUN_STATE).unlink(missing_ok=True)
         old = None
         if self.out.exists():
             old = self.out.with_name(f".{self.out.name}.old{os.getpid()}")
@@ -349,4 +473,33 @@ class ArtifactWriter:
         os.replace(self.partial, self.out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+        self.close()
         return self.out
+
+
+# Files up to this size are re-hashed when a complete artifact is about to be reused; larger ones (model weights,
+# top-k parts) only have their size checked, so that an idempotent re-run stays cheap. Readers hash what they read.
+VERIFY_SHA_MAX_BYTES = 64 << 20
+
+
+def verify_files(path: Path, files: list[dict[str, Any]]) -> str | None:
+    """What is wrong with the files of the artifact at `path` against its manifest's `files`: None when nothing."""
+    for f in files:
+        try:
+            name, size = f["name"], f["bytes"]
+        except (KeyError, TypeError):
+            return f"{MANIFEST} has a malformed files entry"
+        fp = path / name
+        if not fp.is_file():
+            return f"{name} is missing"
+        actual = fp.stat().st_size
+        if actual != size:
+            return f"{name} has {actual} bytes, {MANIFEST} records {size}"
+        if actual <= VERIFY_SHA_MAX_BYTES and f.get("sha256") and sha256_file(fp) != f["sha256"]:
+            return f"{name} was modified after it was written: its sha256 differs from {MANIFEST}"
+    return None
+
+
+def _short(v: Any, n: int = 40) -> str:
+    text = json.dumps(v, ensure_ascii=False, default=str) if not isinstance(v, str) else v
+    return text if len(text) <= n else text[: n - 3] + "..."

@@ -28,12 +28,17 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _remove_stale_tmp(parent: Path, name: str) -> None:
-    """Delete temp dirs left by killed builds (their pid is in the name and no longer runs)."""
-    for tmp in parent.glob(f".{name}.tmp*"):
-        pid = tmp.name.rsplit(".tmp", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
+def remove_stale_tmp(parent: Path, name: str, tags: tuple[str, ...] = ("tmp",)) -> None:
+    """Delete ``.<name>.<tag><pid>`` dirs (or files) left by killed builds: their pid no longer runs."""
+    for tag in tags:
+        for tmp in parent.glob(f".{name}.{tag}*"):
+            pid = tmp.name.rsplit(f".{tag}", 1)[-1]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                if tmp.is_dir():
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    tmp.unlink(missing_ok=True)
+
 
 
 def build_cached_dir(dest: Path, marker: str, build: Callable[[Path], None]) -> Path:
@@ -41,7 +46,7 @@ def build_cached_dir(dest: Path, marker: str, build: Callable[[Path], None]) -> 
     writing `marker`), then it is renamed into place. A killed build leaves only its temp dir, removed by
     the next build; a concurrent build that finished first wins."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(dest.parent, dest.name)
+    remove_stale_tmp(dest.parent, dest.name)
     tmp = dest.parent / f".{dest.name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -56,4 +61,4 @@ def build_cached_dir(dest: Path, marker: str, build: Callable[[Path], None]) -> 
     return dest
 
 
-__all__ = ["cache_dir", "build_cached_dir"]
+__all__ = ["cache_dir", "build_cached_dir", "remove_stale_tmp"]

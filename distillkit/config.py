@@ -16,6 +16,7 @@ import difflib
 import functools
 import hashlib
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -145,14 +146,23 @@ def pick(cls: type[C], config: Mapping[str, Any]) -> C:
 
 
 def _problems(cfg: Any) -> list[str]:
-    """validate() of every nested group, then of `cfg` itself."""
+    """Non-finite numbers, then validate() of every nested group, then of `cfg` itself."""
     out: list[str] = []
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
             out += _problems(v)
+        elif any(isinstance(x, float) and not math.isfinite(x) for x in (v if isinstance(v, (tuple, list)) else (v,))):
+            out.append(f"{f.name} must be a finite number, got {v!r}")
     validate = getattr(cfg, "validate", None)
     return out + (list(validate()) if validate is not None else [])
+
+
+def check(cfg: Any) -> None:
+    """Refuse a config built without `resolve` (the library API) that `resolve` would refuse: one `ConfigError`."""
+    problems = _problems(cfg)
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def load_file(path: str | Path, section: str | None = None) -> dict[str, Any]:
@@ -242,9 +252,12 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be an integer, got {value!r}") from None
     if tp is float:
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key} must be a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key} must be a string, got {value!r}")

@@ -69,9 +69,18 @@ def _not_a_model(spec: str, why: str) -> ModelError:
                       f"(with config.json), a .gguf file, or one of: {names}")
 
 
-def resolve_model(spec: str | os.PathLike) -> Path:
-    """A local Hugging Face model directory for `spec` (alias, .gguf file or model directory)."""
-    spec = str(spec)
+def resolve_model(spec: str | os.PathLike, role: str | None = None, option: str | None = None) -> Path:
+    """A local Hugging Face model directory for `spec` (alias, .gguf file or model directory).
+
+    With `role` (teacher, student, model) its files are also checked (`check_model_files`), so a damaged
+    one is refused with a line naming the file, the role and the fix before anything is written."""
+    path = _resolve(str(spec))
+    if role is not None:
+        check_model_files(path, role, str(spec), option)
+    return path
+
+
+def _resolve(spec: str) -> Path:
     if spec in ALIASES:
         return _converted_gguf(alias_path(spec))
     if spec in TINY_MODELS and not Path(spec).exists():
@@ -88,6 +97,95 @@ def resolve_model(spec: str | os.PathLike) -> Path:
             return _converted_gguf(path)
         raise _not_a_model(spec, "a file that is not .gguf")
     raise _not_a_model(spec, "no such file or directory")
+
+
+# --- damaged model files ----------------------------------------------------------------------------
+
+
+class DamagedModel(ModelError):
+    """A model file is truncated or unreadable."""
+
+
+def _safetensors_problem(f: Path) -> str | None:
+    """What is wrong with the safetensors file `f` judged from its header and size (no tensor is read), or None."""
+    import struct
+
+    size = f.stat().st_size
+    if size < 8:
+        return f"truncated: {size} bytes, not even a header"
+    with open(f, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        if n > size - 8:
+            return f"truncated: its header alone needs {n + 8} bytes, the file has {size}"
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return "its header is not valid JSON"
+    if not isinstance(header, dict):
+        return "its header is not a table of tensors"
+    ends = [v["data_offsets"][1] for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict) and isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2]
+    want = 8 + n + max(ends, default=0)
+    if size < want:
+        return f"truncated: {size} of {want} bytes"
+    if size > want:
+        return f"{size - want} bytes longer than its header describes"
+    return None
+
+
+def _zip_problem(f: Path) -> str | None:
+    """torch.save files (.bin, .pt) are zip archives: a truncated one has no readable central directory."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(f) as z:
+            z.infolist()
+    except (zipfile.BadZipFile, OSError, EOFError):
+        with open(f, "rb") as fh:
+            if fh.read(2) not in (b"PK", b""):
+                return None  # the legacy (pre-1.6) pickle format: nothing cheap to check
+        return "truncated or not a readable archive"
+    return None
+
+
+def check_model_files(model_dir: str | os.PathLike, role: str = "model", spec: str | None = None,
+                      option: str | None = None) -> None:
+    """Refuse a model directory whose config or weight files are damaged (truncated copy, interrupted download),
+    with one line naming the file, the role and the fix. Reads headers only: milliseconds for any model size."""
+    d = Path(model_dir)
+    option = option or f"--{role}"
+
+    subject = "the model file" if role == "model" else f"the {role} model file"
+
+    def damaged(f: Path, why: str) -> DamagedModel:
+        return DamagedModel(f"{subject} {f} is damaged ({why}); replace it with a complete copy "
+                            f"(copy or download {spec or d} again, or re-save it) or pass another {option}")
+
+    cfg = d / "config.json"
+    if cfg.is_file():
+        try:
+            json.loads(cfg.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise damaged(cfg, f"not valid JSON: {e}") from None
+    index = d / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+            raise damaged(index, "not a valid weight index") from None
+        missing = sorted(x for x in shards if not (d / x).is_file())
+        if missing:
+            raise damaged(index, f"it names {', '.join(missing[:3])}, which {'is' if len(missing) == 1 else 'are'} missing")
+    for f in sorted(d.iterdir()):
+        if not f.is_file():
+            continue
+        try:
+            why = _safetensors_problem(f) if f.suffix == ".safetensors" else _zip_problem(f) if f.suffix in (".bin", ".pt") else None
+        except OSError as e:
+            why = f"unreadable: {e.strerror or e}"
+        if why:
+            raise damaged(f, why)
 
 
 # --- GGUF conversion ---------------------------------------------------------------------------------
@@ -211,15 +309,21 @@ def torch_dtype(dtype: DType, device: str = "cpu") -> torch.dtype:
 
 
 def load_model(spec: str | os.PathLike, dtype: DType = "float32", device: str = "cpu",
-               trainable: bool = False) -> PreTrainedModel:
-    """A causal LM on `device`. Not trainable: eval mode and no gradients (a frozen teacher, a scorer)."""
+               trainable: bool = False, role: str = "model", option: str | None = None) -> PreTrainedModel:
+    """A causal LM on `device`. Not trainable: eval mode and no gradients (a frozen teacher, a scorer).
+    `role` (teacher, student, model) and `option` name it in the one-line error for a damaged model."""
     from transformers import AutoModelForCausalLM
 
-    path = resolve_model(spec)
+    path = resolve_model(spec, role=role, option=option)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype, device))
-    except (ValueError, OSError, KeyError) as e:
-        raise ModelError(f"{spec} could not be loaded as a causal LM: {type(e).__name__}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - sorted below: a file the loader cannot read is bad input, the rest re-raised
+        if not isinstance(e, (ValueError, OSError, KeyError, EOFError)) and type(e).__name__ != "SafetensorError" \
+                and "PytorchStreamReader" not in str(e):
+            raise
+        first = (str(e).splitlines() or [""])[0]
+        raise ModelError(f"the {role} {spec} could not be loaded as a causal LM ({type(e).__name__}: {first}); check "
+                         f"that {path} holds a complete Hugging Face model or pass another {option or '--' + role}") from e
     model.to(device)
     if trainable:
         model.train()

@@ -99,6 +99,10 @@ def prune_model(src_spec: str, out: str | os.PathLike, keep_layers: str | None =
     if (keep_layers is None) == (drop_layers is None):
         raise ConfigError("give exactly one of keep_layers (e.g. 0-15,23-29) or drop_layers (e.g. 16-22)")
     out = Path(out).expanduser()
+    if out.parent.is_dir():  # a killed prune_model left its temp copy of the weights (its pid is in the name)
+        from distillkit.cache import remove_stale_tmp
+
+        remove_stale_tmp(out.parent, out.name, tags=("tmp", "old"))
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise OutputExists(f"{out} already exists and is not empty: choose another output or pass overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -126,8 +130,8 @@ def write_pruned(src_spec: str, dest: str | os.PathLike, keep_layers: str | None
 
     if (keep_layers is None) == (drop_layers is None):
         raise ConfigError("give exactly one of keep_layers (e.g. 0-15,23-29) or drop_layers (e.g. 16-22)")
-    src_dir = resolve_model(src_spec)
-    model = load_model(src_spec, dtype="float32")
+    src_dir = resolve_model(src_spec, role="model", option="--model")
+    model = load_model(src_spec, dtype="float32", role="model", option="--model")
     tok = load_tokenizer(src_spec)
     n = len(_decoder_layers(model))
     if keep_layers is not None:

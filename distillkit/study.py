@@ -31,8 +31,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -202,50 +200,6 @@ def _budget(table: Any, where: str) -> Budget:
     return Budget(unit, float(value))
 
 
-# ---------------------------------------------------------------- locks: which worker runs what
-
-def claim(lock: Path) -> bool:
-    """Take `lock` for this process; a lock left by a process that no longer runs (on this host) is taken over."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                held = json.loads(lock.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                held = {}
-            if held.get("host") == me["host"] and not _alive(int(held.get("pid", -1))):
-                lock.unlink(missing_ok=True)  # its holder was killed: the run resumes here
-                continue
-            return False
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(me, f)
-        return True
-    return False
-
-
-def release(lock: Path) -> None:
-    try:
-        if json.loads(lock.read_text(encoding="utf-8")).get("pid") == os.getpid():
-            lock.unlink()
-    except (OSError, ValueError):
-        pass
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 # ---------------------------------------------------------------- results: one small JSON per run
 
 def write_json(path: Path, obj: Any) -> None:
@@ -376,5 +330,5 @@ def domain_values(results, arm: str, key: str = "ppl") -> dict[str, list[float]]
     return out
 
 
-__all__ = ["Arm", "Budget", "StudyRecipe", "read_study", "run_id", "claim", "release", "write_json", "load_results",
+__all__ = ["Arm", "Budget", "StudyRecipe", "read_study", "run_id", "write_json", "load_results",
            "machine", "Metric", "METRICS", "ArmSummary", "summarize", "domain_values", "value"]

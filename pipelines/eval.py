@@ -117,7 +117,9 @@ def entries(cfg: EvalConfig) -> list[ModelEntry]:
 
     given = ([(*_label(cfg.teacher), "teacher")] if cfg.teacher else []) + [(*_label(m), "model") for m in cfg.models]
     base = _baseline(cfg, [(label, spec, role) for label, spec, role in given])
-    return [ModelEntry(label, spec, str(resolve_model(spec)), "baseline" if i == base else role)  # type: ignore[arg-type]
+    return [ModelEntry(label, spec, str(resolve_model(spec, role="teacher" if role == "teacher" else "model",
+                                                      option="--teacher" if role == "teacher" else "--models")),
+                       "baseline" if i == base else role)  # type: ignore[arg-type]
             for i, (label, spec, role) in enumerate(given)]
 
 
@@ -302,7 +304,8 @@ def _evaluate_model(cfg, writer, i: int, e: ModelEntry, task_names, task_dirs, d
     from distillkit.models import load_model, load_tokenizer
 
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(e.path, dtype=cfg.dtype, device=device)
+    model = load_model(e.path, dtype=cfg.dtype, device=device, role="teacher" if e.role == "teacher" else "model",
+                       option="--teacher" if e.role == "teacher" else "--models")
     key = f"m{i}"
     if need_ppl:
         from distillkit.engines import make_engine

@@ -46,7 +46,7 @@ def run(cfg: PruneConfig, resume: bool = False, overwrite: bool = False) -> Stag
     if (out / PRUNE_FILE).is_file() and not (out / MANIFEST).is_file() and not overwrite:
         raise OutputExists(f"{out} holds a student pruned by an earlier distillkit (no {MANIFEST}); pass --overwrite "
                            "to prune it again as an artifact, or choose another --out")
-    ident = {**to_dict(cfg), "source_fingerprint": model_fingerprint(resolve_model(cfg.model))}
+    ident = {**to_dict(cfg), "source_fingerprint": model_fingerprint(resolve_model(cfg.model, role="model", option="--model"))}
     ident.pop("out")
     if partial_dir(out).exists() and not overwrite:
         resume = True  # nothing in a half-written prune is worth keeping, but the writer refuses a partial without it

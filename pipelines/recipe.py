@@ -287,35 +287,48 @@ def run(spec: str, out: str | None = None, overwrite: bool = False, only: str | 
 
 
 def _run_stages(rec: Recipe, todo: list[str], overwrite: bool, say) -> list[RecipeStep]:
-    from distillkit.artifacts import MANIFEST, partial_dir
+    import contextlib
+
+    from distillkit.locks import artifact_lock
+    from distillkit.ranks import is_main_process
 
     results: list[RecipeStep] = []
     for i, stage in enumerate(todo, 1):
         dest = rec.out(stage)
-        exists, partial = (dest / MANIFEST).is_file(), partial_dir(dest).exists()
-        # A stage whose input was rebuilt in this run is redone: its artifact (or interrupted run) was made
-        # from the old input, and each stage refuses an output made from other inputs.
-        rebuilt = next((r.stage for r in results if r.status != "skipped"), None)
-        redo = overwrite or (rebuilt is not None and (exists or partial))
-        resume = partial and not redo
-        if overwrite and (exists or partial):
-            what = "redoing it (--overwrite)"
-        elif redo:
-            what = f"redoing it ({rebuilt} was rebuilt in this run)"
-        elif resume:
-            what = f"resuming the interrupted run in {partial_dir(dest)}"
-        elif exists:
-            what = "exists: skipped if made with this config"
-        else:
-            what = "running"
-        say(f"[bold cyan]── {stage}[/] ({i}/{len(todo)}) → {dest}: {what}")
-        t0 = time.time()
-        try:
-            res = _stage_module(stage).run(rec.configs[stage], resume=resume, overwrite=redo)
-        except OutputExists as e:
-            raise OutputExists(f"[{stage}] {e} (with a recipe: distillkit run {rec.path} --from {stage} --overwrite)") from None
-        results.append(RecipeStep(res, round(time.time() - t0, 1)))
+        # The stage's output is locked from before its state is looked at until the stage has finished, so what
+        # is said here (resuming, skipping) is about a run that is not going on elsewhere. Rank 0 owns outputs.
+        with artifact_lock(dest) if is_main_process() else contextlib.nullcontext():
+            results.append(_run_stage(rec, stage, i, len(todo), results, overwrite, say))
     return results
+
+
+def _run_stage(rec: Recipe, stage: str, i: int, n: int, results: list[RecipeStep], overwrite: bool, say) -> RecipeStep:
+    from distillkit.artifacts import MANIFEST, partial_dir
+
+    dest = rec.out(stage)
+    exists, partial = (dest / MANIFEST).is_file(), partial_dir(dest).exists()
+    # A stage whose input was rebuilt in this run is redone: its artifact (or interrupted run) was made
+    # from the old input, and each stage refuses an output made from other inputs.
+    rebuilt = next((r.stage for r in results if r.status != "skipped"), None)
+    redo = overwrite or (rebuilt is not None and (exists or partial))
+    resume = partial and not redo
+    if overwrite and (exists or partial):
+        what = "redoing it (--overwrite)"
+    elif redo:
+        what = f"redoing it ({rebuilt} was rebuilt in this run)"
+    elif resume:
+        what = f"resuming the interrupted run in {partial_dir(dest)}"
+    elif exists:
+        what = "exists: skipped if made with this config"
+    else:
+        what = "running"
+    say(f"[bold cyan]── {stage}[/] ({i}/{n}) → {dest}: {what}")
+    t0 = time.time()
+    try:
+        res = _stage_module(stage).run(rec.configs[stage], resume=resume, overwrite=redo)
+    except OutputExists as e:
+        raise type(e)(f"[{stage}] {e} (with a recipe: distillkit run {rec.path} --from {stage} --overwrite)") from None
+    return RecipeStep(res, round(time.time() - t0, 1))
 
 
 def _stage_module(stage: str):

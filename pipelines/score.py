@@ -93,7 +93,7 @@ def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> S
     shard, num_shards = parse_shard(cfg.shard)
     # Everything that can be wrong with the inputs is checked before --out is touched.
     ds = load_data(cfg.data_opts.spec(resolve_data(cfg.data)))
-    teacher_dir, student_dir = resolve_model(cfg.teacher), resolve_model(cfg.student)
+    teacher_dir, student_dir = resolve_model(cfg.teacher, role="teacher"), resolve_model(cfg.student, role="student")
     tok = load_tokenizer(str(teacher_dir))
     check_same_tokenizer(tok, load_tokenizer(str(student_dir)), cfg.teacher, cfg.student)
 

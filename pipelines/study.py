@@ -299,7 +299,7 @@ def _work(sp: StudyPlan, pending: list[RunJob], threads: int) -> list[str]:
     """Run every pending job this process can claim, in order."""
     import torch
 
-    from distillkit.study import claim, release
+    from distillkit.locks import claim, release
 
     torch.set_num_threads(threads)
     ran = []

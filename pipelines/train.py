@@ -128,12 +128,15 @@ def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Stag
     import torch
 
     from distillkit.artifacts import partial_dir
+    from distillkit.config import check
     from distillkit.training import distributed as D
     from distillkit.training.loop import train
     from distillkit.training.setup import checkpoint_to_resume, heldout_report
 
+    check(cfg)  # a config made in code gets the checks the CLI's gets (non-finite numbers included), before any work
     t0 = time.time()
     dist = D.init_from_env(cfg.device)
+    writer = None
     try:
         torch.manual_seed(cfg.seed)
         inputs = prepare(cfg, dist)  # every input check happens here, before --out is touched
@@ -157,6 +160,8 @@ def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Stag
         D.barrier(dist)
         return _result(cfg, "resumed" if found == "resumed" else "ran")
     finally:
+        if writer is not None:
+            writer.close()  # rank 0's hold on the output's lock (finish gives it back on success)
         D.shutdown(dist)
 
 
@@ -227,11 +232,12 @@ def prepare(cfg: TrainConfig, dist: DistInfo) -> Inputs:
                         f"{ds.fingerprint[:12]} vs {sc['data_fingerprint'][:12]}); rescore it and rebuild the plan")
 
     # Models: a tokenizer or vocabulary mismatch is refused here, before any training.
-    teacher_dir, student_dir = resolve_model(cfg.teacher), resolve_model(cfg.student)
+    teacher_dir, student_dir = resolve_model(cfg.teacher, role="teacher"), resolve_model(cfg.student, role="student")
     tok = load_tokenizer(str(teacher_dir))
     check_same_tokenizer(tok, load_tokenizer(str(student_dir)), cfg.teacher, cfg.student)
-    student = load_model(student_dir, dtype="float32", device=dist.device, trainable=True)
-    teacher = load_model(teacher_dir, dtype=cfg.teacher_dtype, device=dist.device) if cfg.teacher_mode == "online" else None
+    student = load_model(student_dir, dtype="float32", device=dist.device, trainable=True, role="student")
+    teacher = (load_model(teacher_dir, dtype=cfg.teacher_dtype, device=dist.device, role="teacher")
+               if cfg.teacher_mode == "online" else None)
     vocab = check_vocab_sizes(teacher if teacher is not None else student, student, tok, cfg.teacher, cfg.student)
     for role, m in (("student", student), ("teacher", teacher)):
         _check_head(m, role)
@@ -381,10 +387,15 @@ def finish(cfg: TrainConfig, inputs: Inputs, parts: Components, settings: Settin
         return
     from distillkit.progress import console
 
+    from distillkit.artifacts import writing
+    from distillkit.training.checkpoint import describe_latest
+
     student = D.unwrap(parts.model).student
     kw = {"state_dict": {k.removeprefix("student."): v for k, v in full.items()}} if full is not None else {}
-    student.save_pretrained(writer.path("student"), **kw)
-    inputs.tokenizer.save_pretrained(writer.path("student"))
+    dest = writer.path("student")
+    with writing(dest, dest, kept=describe_latest(settings.checkpoint_root) + " is kept"):
+        student.save_pretrained(dest, **kw)
+        inputs.tokenizer.save_pretrained(dest)
     writer.write("metrics.arrow", metrics_table(state.metrics))
     writer.write("mixture.arrow", state.mixer.table())
     if state.drawn:

@@ -239,7 +239,7 @@ def test_study_end_to_end_skip_resume_and_pickup(tmp_path, study_scores, monkeyp
 
 
 def test_stale_lock_of_a_killed_worker_is_taken_over(tmp_path):
-    from distillkit.study import claim, release
+    from distillkit.locks import claim, release
 
     lock = tmp_path / "x.lock"
     import socket

@@ -9,13 +9,14 @@ lm-eval is imported here only, inside the function: importing it costs seconds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 # Metrics whose value is not a score in [0, 1] where higher is better; kept out of plots.
 NOT_SCORES = ("perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte")
@@ -56,19 +57,20 @@ def run_benchmarks(
     _quiet()
     tm = TaskManager(include_path=[str(d) for d in task_dirs], include_defaults=False)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, softmax_dtype=torch.float32)
-    out = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=list(tasks),
-        task_manager=tm,
-        limit=limit,
-        num_fewshot=num_fewshot,
-        log_samples=False,
-        bootstrap_iters=bootstrap_iters,
-        random_seed=seed,
-        numpy_random_seed=seed,
-        torch_random_seed=seed,
-        fewshot_random_seed=seed,
-    )
+    with _quiet_git_probe():
+        out = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=list(tasks),
+            task_manager=tm,
+            limit=limit,
+            num_fewshot=num_fewshot,
+            log_samples=False,
+            bootstrap_iters=bootstrap_iters,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )
     if out is None:  # not rank 0 of a distributed run
         return BenchResult()
     return BenchResult(rows=result_rows(out), info=_info(out))
@@ -111,6 +113,34 @@ def _info(out: dict[str, Any]) -> dict[str, Any]:
                                                "fewshot_seed", "batch_size") if k in cfg}
     # task configs can hold functions (process_docs): their names are what matters
     return json.loads(json.dumps(info, default=str))
+
+
+def _git_describe() -> str | None:
+    """What lm-eval records as ``git_hash`` (``git describe --always`` in the working directory), without letting
+    git print "fatal: not a git repository" to the terminal outside a checkout."""
+    import subprocess
+
+    try:
+        r = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() or None if r.returncode == 0 else None
+
+
+@contextlib.contextmanager
+def _quiet_git_probe() -> Iterator[None]:
+    """lm-eval's own probe runs git with its stderr on the terminal; swap in `_git_describe` for the call."""
+    import lm_eval.evaluator as evaluator
+
+    original = getattr(evaluator, "get_git_commit_hash", None)
+    if original is None:
+        yield
+        return
+    evaluator.get_git_commit_hash = _git_describe
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = original
 
 
 def _quiet() -> None:

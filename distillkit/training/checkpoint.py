@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from distillkit.errors import ArtifactError
+from distillkit.errors import ArtifactError, DiskFull, is_disk_full
 
 PREFIX = "step-"
 FILES = ("model.pt", "optimizer.pt", "trainer.pt")
@@ -45,6 +45,12 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
 def latest_checkpoint(root: Path) -> tuple[int, Path] | None:
     found = list_checkpoints(root)
     return found[-1] if found else None
+
+
+def describe_latest(root: Path) -> str:
+    """'the last complete checkpoint (step N, DIR)', or that there is none yet: for messages about what is kept."""
+    last = latest_checkpoint(root)
+    return f"the last complete checkpoint (step {last[0]}, {last[1]})" if last else "no checkpoint (none was complete yet)"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -78,14 +84,21 @@ def save_checkpoint(root: Path, step: int, model: dict[str, Any], optimizer: dic
     remove_stale(root)
     final = checkpoint_dir(root, step)
     tmp = root / f".{final.name}.tmp{os.getpid()}"
-    tmp.mkdir()
-    for name, obj in zip(FILES, (model, optimizer, trainer)):
-        with open(tmp / name, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-    (tmp / "state.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
-    _fsync_dir(tmp)
+    try:
+        tmp.mkdir()
+        for name, obj in zip(FILES, (model, optimizer, trainer)):
+            with open(tmp / name, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+        (tmp / "state.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+        _fsync_dir(tmp)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written checkpoint must not keep filling the disk
+        if isinstance(e, Exception) and is_disk_full(e, tmp):
+            raise DiskFull(f"no space left on device while writing checkpoint {final}; the unfinished checkpoint was "
+                           f"removed and {describe_latest(root)} is kept; free space on that disk and rerun with --resume") from e
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -133,5 +146,5 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-__all__ = ["checkpoint_dir", "list_checkpoints", "latest_checkpoint", "save_checkpoint", "load_checkpoint",
+__all__ = ["checkpoint_dir", "list_checkpoints", "latest_checkpoint", "describe_latest", "save_checkpoint", "load_checkpoint",
            "remove_stale", "rng_state", "set_rng_state", "FILES"]

@@ -197,10 +197,13 @@ def accumulate_gradients(parts: Components, settings: Settings, global_rows: np.
 
 def diverged(settings: Settings, state: TrainState, stage: Stage, lr: float, loss: float, grad_norm: float) -> TrainingDiverged:
     last = ckpt.latest_checkpoint(settings.checkpoint_root)
-    where = f"the last good checkpoint is step {last[0]} in {last[1]}" if last else "no checkpoint was written yet"
+    head = (f"loss became {loss} (grad norm {grad_norm}) at step {state.step + 1} (stage {stage.stage}, T {stage.temperature:g}, "
+            f"lr {lr:.3g}); training stopped before the optimizer step; ")
+    if last is None:
+        return TrainingDiverged(head + "no checkpoint was written yet, so there is nothing to resume: lower --lr "
+                                "(or --max-grad-norm) and rerun with --overwrite")
     return TrainingDiverged(
-        f"loss became {loss} (grad norm {grad_norm}) at step {state.step + 1} (stage {stage.stage}, T {stage.temperature:g}, "
-        f"lr {lr:.3g}); training stopped before the optimizer step; {where}. Lower --lr (or --max-grad-norm) "
+        head + f"the last good checkpoint is step {last[0]} in {last[1]}. Lower --lr (or --max-grad-norm) "
         "and rerun with --overwrite; --resume continues from that checkpoint with the same settings"
     )
 
