@@ -116,3 +116,14 @@ def text_jsonl(tmp_path) -> Path:
     for d, seed in (("alpha", 10), ("beta", 11), ("gamma", 12)):
         rows += [{"text": t, "domain": d} for t in make_texts(20, seed=seed)]
     return write_jsonl(tmp_path / "data" / "corpus.jsonl", rows)
+
+
+@pytest.fixture
+def one_thread():
+    """torch at one thread for the test (tiny models: one thread beats two busy ones), restored after."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
