@@ -84,7 +84,7 @@ class TrainConfig:
     log_every: int = opt(10, "Print a log line every N steps when stderr is not a terminal.", panel="output")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: cuda:LOCAL_RANK when a GPU is present, else cpu.", panel="runtime")
     teacher_dtype: Literal["auto", "float32", "bfloat16"] = opt("auto", "Teacher weights dtype (auto: bf16 where the hardware runs it fast).", panel="runtime")
-    precision: Literal["auto", "fp32", "bf16"] = opt("auto", "Student forward: bf16 autocast (auto: on CUDA GPUs with bf16) or fp32; weights stay fp32.", panel="runtime")
+    precision: Literal["auto", "fp32", "bf16"] = opt("auto", "Student forward: bf16 autocast or fp32 (auto: bf16 where the GPU or CPU runs it natively, avx512_bf16/amx_bf16; fp32 elsewhere); weights stay fp32.", panel="runtime")
     strategy: Literal["ddp", "fsdp2"] = opt("ddp", "Under torchrun: ddp (replicated student) or fsdp2 (sharded, for students that do not fit one GPU).", panel="runtime")
     tensorboard: bool = opt(False, "Also write TensorBoard scalars to <out>.partial/tensorboard (needs the tensorboard package).", panel="output")
     record_batches: bool = opt(True, "Record which samples each step drew (batches.arrow).", panel="output")
@@ -147,7 +147,7 @@ def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Stag
 
                 console.print(f"[green]train[/] {cfg.out} is complete for this config: nothing to do")
             return _result(cfg, "skipped")
-        settings = make_settings(cfg, inputs, dist, partial_dir(cfg.out))
+        settings = make_settings(cfg, inputs, dist, partial_dir(cfg.out), resumed=found == "resumed")
         parts = make_components(cfg, inputs, settings, dist)
         state = initial_state(cfg, inputs)
         # An interrupted run continues from its newest checkpoint (the loop loads it into `state`); one
@@ -308,19 +308,41 @@ def _check_head(model, role: str) -> None:
                          "causal LMs like Llama, Qwen, Mistral, SmolLM, Gemma 3")
 
 
-def make_settings(cfg: TrainConfig, inputs: Inputs, dist: DistInfo, partial: Path) -> Settings:
-    """The loop's frozen hyper-parameters; refuses a batch that does not split over processes × accumulation."""
+def make_settings(cfg: TrainConfig, inputs: Inputs, dist: DistInfo, partial: Path, resumed: bool = False) -> Settings:
+    """The loop's frozen hyper-parameters; refuses a batch that does not split over processes × accumulation.
+
+    The student's precision is chosen once per run and kept in ``<out>.partial/precision.json``: an interrupted
+    run resumed on a machine whose CPU flags would make `auto` choose otherwise keeps its precision, so resume
+    stays bitwise."""
     from distillkit.errors import ConfigError
     from distillkit.training.loop import Settings
-    from distillkit.training.setup import autocast_dtype
+    from distillkit.training.setup import precision_choice
 
     if cfg.batch_size % (dist.world_size * cfg.grad_accum):
         raise ConfigError(f"batch_size {cfg.batch_size} must be a multiple of processes × grad_accum "
                           f"({dist.world_size} × {cfg.grad_accum}); change --batch-size or --grad-accum")
     restart = inputs.schedule.restart_optimizer if cfg.restart_optimizer is None else cfg.restart_optimizer
+    import json
+
+    import torch
+
+    kept = partial / "precision.json"
+    if resumed and kept.is_file():
+        rec = json.loads(kept.read_text(encoding="utf-8"))
+        autocast, why = (torch.bfloat16 if rec["precision"] == "bf16" else None), f"{rec['reason']}, kept from the interrupted run"
+    else:
+        autocast, why = precision_choice(cfg.precision, dist.device)
+        if dist.is_main:
+            from distillkit.artifacts import atomic_write_bytes
+
+            atomic_write_bytes(kept, json.dumps({"precision": "bf16" if autocast is not None else "fp32", "reason": why}).encode())
+    if dist.is_main:
+        from distillkit.progress import console
+
+        console.print(f"train: student computes in {why}")
     return Settings(
         batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm or float("inf"),
-        weight_decay=cfg.weight_decay, restart_optimizer=restart, autocast=autocast_dtype(cfg.precision, dist.device),
+        weight_decay=cfg.weight_decay, restart_optimizer=restart, autocast=autocast, precision=why,
         save_every=cfg.save_every, keep_checkpoints=cfg.keep_checkpoints, log_every=cfg.log_every,
         eval_batch_size=cfg.eval_batch_size, record_batches=cfg.record_batches, strategy=cfg.strategy,
         checkpoint_root=partial / "checkpoints", tensorboard_dir=str(partial / "tensorboard") if cfg.tensorboard else None,
@@ -424,6 +446,7 @@ def finish(cfg: TrainConfig, inputs: Inputs, parts: Components, settings: Settin
         "s_per_step": round(float(np.median([r["tokens"] / r["tokens_per_s"] for r in m[-steps_done:]])), 3) if steps_done else None,
         "tokens_per_s": round(float(np.median([r["tokens_per_s"] for r in m[-steps_done:]])), 1) if steps_done else None,
         "final_loss": m[-1]["loss"] if m else None, "first_loss": m[0]["loss"] if m else None,
+        "precision": "bf16" if settings.autocast is not None else "fp32", "precision_reason": settings.precision,
     }
     if before is not None and after is not None:
         figures["heldout"] = {k: {"before": before[k], "after": after[k]} for k in ("overall_student_ppl", "overall_kl") if k in after}

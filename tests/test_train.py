@@ -428,3 +428,54 @@ def test_train_state_refuses_a_stateful_field_it_would_lose_and_a_foreign_checkp
     no_taid.taid = None
     with pytest.raises(ArtifactError, match="has taid state.*--overwrite"):
         no_taid.load_state_dict(saved)
+
+
+def test_precision_auto_follows_the_hardware(monkeypatch):
+    import distillkit.models as M
+    from distillkit.training.setup import precision_choice
+
+    monkeypatch.setattr(M, "_cpu_has_fast_bf16", lambda: True)  # a CPU with avx512_bf16 / amx_bf16
+    dtype, why = precision_choice("auto", "cpu")
+    assert dtype is torch.bfloat16 and "native bf16" in why
+    monkeypatch.setattr(M, "_cpu_has_fast_bf16", lambda: False)  # AVX2 only: emulated bf16 is slower
+    dtype, why = precision_choice("auto", "cpu")
+    assert dtype is None and "no native bf16" in why
+    assert precision_choice("bf16", "cpu")[0] is torch.bfloat16 and precision_choice("fp32", "cpu")[0] is None
+
+
+def test_bf16_step_close_to_fp32_and_recorded(pipeline, tmp_path):
+    """One run per precision from the same start: bf16 autocast's losses stay within 2 % of fp32's over 3 steps."""
+    kw = dict(steps=3, teacher_mode="offline", eval_heldout=False, mixture="static")
+    run(cfg_for(pipeline, tmp_path / "fp32", precision="fp32", **kw))
+    run(cfg_for(pipeline, tmp_path / "bf16", precision="bf16", **kw))
+    a, b = metrics(tmp_path / "fp32"), metrics(tmp_path / "bf16")
+    np.testing.assert_allclose(b["loss"], a["loss"], rtol=2e-2)
+    assert not np.array_equal(a["loss"], b["loss"])  # the bf16 run really computed in bf16
+    figs = {p: read_artifact(tmp_path / p, "train").manifest["figures"] for p in ("fp32", "bf16")}
+    assert figs["fp32"]["precision"] == "fp32" and figs["bf16"]["precision"] == "bf16"
+    assert "precision = bf16" in figs["bf16"]["precision_reason"]
+
+
+def test_resume_keeps_the_interrupted_runs_precision(tmp_path, monkeypatch):
+    """A run started where auto chose bf16 and resumed on a CPU without native bf16 stays in bf16 (and the reverse)."""
+    import json
+    from types import SimpleNamespace
+
+    import distillkit.models as M
+    from distillkit.pipelines.train import make_settings
+
+    cfg = TrainConfig(plan="p", teacher="t", student="s", out=str(tmp_path / "out"))
+    inputs = SimpleNamespace(schedule=SimpleNamespace(restart_optimizer=False))
+    dist = SimpleNamespace(world_size=1, device="cpu", is_main=True)
+    partial = tmp_path / "out.partial"
+    partial.mkdir()
+    monkeypatch.setattr(M, "_cpu_has_fast_bf16", lambda: True)
+    first = make_settings(cfg, inputs, dist, partial)
+    assert first.autocast is torch.bfloat16
+    assert json.loads((partial / "precision.json").read_text())["precision"] == "bf16"
+    monkeypatch.setattr(M, "_cpu_has_fast_bf16", lambda: False)  # the resuming machine has AVX2 only
+    again = make_settings(cfg, inputs, dist, partial, resumed=True)
+    assert again.autocast is torch.bfloat16 and "kept from the interrupted run" in again.precision
+    (tmp_path / "other.partial").mkdir()
+    fresh = make_settings(cfg, inputs, dist, tmp_path / "other.partial")  # a new run decides afresh
+    assert fresh.autocast is None

@@ -63,6 +63,7 @@ class Settings:
     strategy: D.Strategy
     checkpoint_root: Path
     tensorboard_dir: str | None = None
+    precision: str = ""  # what the student computes in, and why (printed, and recorded in the manifest)
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,14 +56,31 @@ class Inputs:
         return self.teacher is not None or self.topk is not None
 
 
-def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
+def precision_choice(precision: str, device: str) -> tuple[torch.dtype | None, str]:
+    """The student forward's autocast dtype (None: fp32) and why, for `precision` auto / fp32 / bf16.
+
+    auto picks bf16 where the hardware runs it natively: a CUDA GPU with bf16, or a CPU with avx512_bf16 /
+    amx_bf16 (there a 110M student's forward + backward is about 2x faster); elsewhere fp32, because
+    emulated bf16 on an AVX2-only CPU is many times slower. Weights, optimizer and loss reductions stay fp32.
+    """
     import torch
 
     from distillkit.models import bf16_supported
 
-    if precision == "bf16" or (precision == "auto" and str(device).startswith("cuda") and bf16_supported(device)):
-        return torch.bfloat16
-    return None
+    if precision == "fp32":
+        return None, "fp32 (precision = fp32)"
+    if precision == "bf16":
+        return torch.bfloat16, "bf16 autocast (precision = bf16)"
+    cuda = str(device).startswith("cuda")
+    if bf16_supported(device):
+        return torch.bfloat16, ("bf16 autocast (auto: the GPU supports bf16)" if cuda
+                                else "bf16 autocast (auto: the CPU has native bf16, avx512_bf16/amx_bf16)")
+    return None, ("fp32 (auto: the GPU has no bf16)" if cuda
+                  else "fp32 (auto: the CPU has no native bf16; emulated bf16 would be slower)")
+
+
+def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
+    return precision_choice(precision, device)[0]
 
 
 def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
