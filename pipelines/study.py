@@ -227,7 +227,8 @@ def run(opts: StudyOptions) -> StudyResult:
 
     rec = read_study(find_recipe(opts.recipe), opts.out, opts.results)
     sp = prepare(rec)
-    _record_setting(rec.results / "study.json", sp)
+    if not opts.worker:  # the parent records the setting; its workers only run
+        _record_setting(rec.results / "study.json", sp)
     if opts.report_only:
         return StudyResult(rec.results, _report(sp), [], [])
     jobs = opts.jobs or rec.jobs

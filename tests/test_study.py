@@ -255,3 +255,17 @@ def test_stale_lock_of_a_killed_worker_is_taken_over(tmp_path):
     assert not claim(lock2)
     release(lock)
     assert not lock.exists()
+
+
+def test_two_workers_share_the_queue(tmp_path, study_scores):
+    """--jobs 2: two worker processes (logs in {out}/logs) take runs through lock files; every run is done once."""
+    out, results = tmp_path / "runs", tmp_path / "results"
+    recipe = _recipe(tmp_path / "study.toml", STUDY.format(out=out, scores=study_scores))
+    r = runner.invoke(app, ["study", str(recipe), "--results", str(results), "--jobs", "2", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    assert _files(results) >= {"reference.json", "flat-s0.json", "flat-s1.json", "pocl-s0.json", "pocl-s1.json"}
+    logs = {p.name: p.read_text() for p in (out / "logs").glob("worker-*.log")}
+    assert set(logs) == {"worker-0.log", "worker-1.log"}
+    done = [line for text in logs.values() for line in text.splitlines() if line.startswith("study run ") and " done in " in line]
+    assert sorted(x.split()[2] for x in done) == sorted(["flat-s0", "flat-s1", "pocl-s0", "pocl-s1", "reference"])
+    assert (results / "report.md").is_file() and not list((out / "locks").glob("*.lock"))
