@@ -96,15 +96,22 @@ class RssSampler:
 
 
 class StepClock:
-    """Times between consecutive step ends; samples memory over the kept steps."""
+    """Times between consecutive step ends; samples memory over the kept steps. On-policy steps also record
+    their non-pad tokens (prompt + answer) and the seconds spent generating (`bench_onpolicy.py`)."""
 
     def __init__(self, warmup: int, steps: int) -> None:
         self.warmup, self.total, self.ends, self.targets = warmup, warmup + steps, [], []
+        self.tokens: list[int] = []
+        self.gen_s: list[float] = []
         self.rss = RssSampler()
 
-    def step_end(self, targets: int) -> None:
+    def step_end(self, targets: int, tokens: int | None = None, gen_s: float | None = None) -> None:
         self.ends.append(time.perf_counter())
         self.targets.append(targets)
+        if tokens is not None:
+            self.tokens.append(tokens)
+        if gen_s is not None:
+            self.gen_s.append(gen_s)
         if len(self.ends) == self.warmup:
             self.rss.start()
         if len(self.ends) == self.total:
@@ -113,9 +120,14 @@ class StepClock:
     def result(self) -> dict:
         w = self.warmup
         dts = [b - a for a, b in zip(self.ends[w - 1 : -1], self.ends[w:])] if w >= 1 else []
-        return {"s_per_step": dts, "targets": self.targets[w:], "steps_seen": len(self.ends),
-                "peak_rss_steps_mb": self.rss.peak / 2**20,
-                "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        res = {"s_per_step": dts, "targets": self.targets[w:], "steps_seen": len(self.ends),
+               "peak_rss_steps_mb": self.rss.peak / 2**20,
+               "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        if self.tokens:
+            res["tokens"] = self.tokens[w:]
+        if self.gen_s:
+            res["gen_s"] = self.gen_s[w:]
+        return res
 
 
 def n_params(model) -> int:
@@ -131,26 +143,36 @@ def run_distillkit(case: dict) -> dict:
     sys.path.insert(0, str(ROOT))
     import distillkit.training.loop as loop
     import distillkit.training.monitor as monitor
+    import distillkit.training.onpolicy as onpolicy
     from distillkit.cli.main import app
 
     clock = StepClock(case["warmup"], case["steps"])
-    pending = {"targets": 0, "loss": []}
+    pending = {"targets": 0, "loss": [], "gen_s": None}
     collate = loop.collate
+    student_batch = onpolicy.student_batch
 
     def counting_collate(*a, **k):  # the loop's micro-batches: count their target tokens
         b = collate(*a, **k)
         pending["targets"] += b.num_targets
         return b
 
+    def counting_student_batch(*a, **k):  # on-policy micro-batches (generated, then collated): targets, time
+        t = time.perf_counter()
+        b = student_batch(*a, **k)
+        pending["gen_s"] = (pending["gen_s"] or 0.0) + time.perf_counter() - t
+        pending["targets"] += b.num_targets
+        return b
+
     log = monitor.Monitor.log
 
     def timed_log(self, row):  # called right after optimizer.step() + zero_grad()
-        clock.step_end(pending["targets"])
-        pending["targets"] = 0
+        clock.step_end(pending["targets"], tokens=row["tokens"], gen_s=pending["gen_s"])
+        pending["targets"], pending["gen_s"] = 0, None
         pending["loss"].append(row["kd_loss"])
         return log(self, row)
 
     loop.collate = counting_collate
+    onpolicy.student_batch = counting_student_batch  # the loop imports it from the module at each on-policy step
     monitor.Monitor.log = timed_log
     total = case["warmup"] + case["steps"]
     args = ["train", "--plan", case["plan"], "--teacher", case["teacher"], "--student", case["student"],
@@ -159,7 +181,7 @@ def run_distillkit(case: dict) -> dict:
             "--kd-weight", "1", "--temperature", "1", "--mixture", "uniform", "--save-every", "0", "--seed", "0",
             "--device", "cpu", "--set", "eval_heldout=false", "--set", "teacher_dtype=float32",
             "--set", "precision=fp32", "--set", "weight_decay=0", "--set", "max_grad_norm=1.0",
-            "--set", f"log_every={total}", "--teacher-mode", case.get("teacher_mode", "online")]
+            "--set", f"log_every={total}", "--teacher-mode", case.get("teacher_mode", "online"), *case.get("extra_args", [])]
     try:
         app(args, standalone_mode=False)
     except SystemExit as e:
@@ -226,6 +248,9 @@ def run_trl(case: dict) -> dict:
     if len(seqs) < total * case["batch"]:
         raise SystemExit(f"{case['batches_from']} holds {len(seqs)} rows, need {total * case['batch']}")
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    op = case.get("on_policy")  # bench_onpolicy.py: {"max_new_tokens", "temperature", "top_p"}; None: off-policy
+    if op:
+        return _run_trl_on_policy(case, op, seqs, tok, pad)
 
     def collator(examples):
         b = collate(seqs, [e["row"] for e in examples], pad, "cpu")
@@ -271,6 +296,90 @@ def run_trl(case: dict) -> dict:
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=case["lr"],
                             weight_decay=0.0, betas=BETAS, fused=True)  # = make_optimizer = adamw_torch_fused
     trainer = InOrder(model=student, teacher_model=teacher, args=args, data_collator=counting,
+                      train_dataset=Dataset.from_dict({"row": list(range(total * case["batch"]))}),
+                      processing_class=tok, callbacks=[Timer()], optimizers=(opt, None))
+    trainer.train()
+    res = clock.result()
+    res["loss"] = losses
+    res["threads"] = torch.get_num_threads()
+    res["trl"] = trl.__version__
+    res["n_student"], res["n_teacher"] = n_params(student), n_params(teacher)
+    return res
+
+
+def _run_trl_on_policy(case: dict, op: dict, seqs, tok, pad: int) -> dict:
+    """`GKDTrainer` with lmbda = 1: every step generates from the student (`generate_on_policy_outputs`)."""
+    import torch
+    from datasets import Dataset
+    from torch.utils.data import SequentialSampler
+    from transformers import AutoModelForCausalLM, TrainerCallback
+
+    import trl
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    from distillkit.models import resolve_model
+    from distillkit.training.batches import IGNORE
+    from distillkit.training.onpolicy import OnPolicy
+
+    if op["top_p"] != 1.0:
+        raise SystemExit("TRL's GKDTrainer samples with top_p = 1 (hard-coded); compare at gen_top_p = 1")
+    total = case["warmup"] + case["steps"]
+    # The prompt distillkit's on-policy step gives the student for the same row: the row's prompt, cut from the
+    # left to seq_len - max_new_tokens.
+    cut = OnPolicy(fraction=1.0, max_new_tokens=op["max_new_tokens"], temperature=op["temperature"], top_p=op["top_p"],
+                   prompt_from="prompt", prefix_tokens=0, seq_len=case["seq_len"], seed=0, pad_id=pad, eos_ids=())
+
+    def collator(examples):
+        # What GKD's on-policy step reads: left-padded `prompts` + `prompt_attention_mask`; `input_ids` and
+        # `attention_mask` are replaced by the generated sequences. No `labels`: Trainer would count the reference
+        # answers' tokens as `num_items_in_batch` and GKD would divide the loss over the *generated* tokens by
+        # that; without them the loss is the token mean over the generated tokens, as distillkit's.
+        ps = [cut.prompt(seqs, e["row"]) for e in examples]
+        width = max(len(x) for x in ps)
+        ids = torch.full((len(ps), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(ps), width), dtype=torch.long)
+        for r, x in enumerate(ps):
+            ids[r, width - len(x) :] = torch.as_tensor(x, dtype=torch.long)
+            mask[r, width - len(x) :] = 1
+        return {"prompts": ids, "prompt_attention_mask": mask, "input_ids": ids, "attention_mask": mask}
+
+    student = AutoModelForCausalLM.from_pretrained(resolve_model(case["student"]), dtype=torch.float32)
+    teacher = AutoModelForCausalLM.from_pretrained(resolve_model(case["teacher"]), dtype=torch.float32)
+    clock = StepClock(case["warmup"], case["steps"])
+    losses: list[float] = []
+    gen: list[tuple[int, int, float]] = []  # per step: target tokens, non-pad tokens, generation seconds
+
+    class Timer(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):  # right after optimizer.step() + zero_grad()
+            targets, tokens, gen_s = gen.pop(0)
+            clock.step_end(targets, tokens=tokens, gen_s=gen_s)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+    class InOrder(GKDTrainer):
+        def _get_train_sampler(self, train_dataset=None):
+            return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+
+        @staticmethod
+        def generate_on_policy_outputs(model, inputs, generation_config):
+            t = time.perf_counter()
+            ids, mask, labels = GKDTrainer.generate_on_policy_outputs(model, inputs, generation_config)
+            gen.append((int((labels[:, 1:] != IGNORE).sum()), int(mask.sum()), time.perf_counter() - t))
+            return ids, mask, labels
+
+    args = GKDConfig(
+        output_dir=case["out"], per_device_train_batch_size=case["batch"], gradient_accumulation_steps=1,
+        max_steps=total, learning_rate=case["lr"], weight_decay=0.0, adam_beta1=BETAS[0], adam_beta2=BETAS[1],
+        max_grad_norm=1.0, lmbda=1.0, beta=0.0, temperature=op["temperature"], max_new_tokens=op["max_new_tokens"],
+        seq_kd=False, bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True, report_to="none",
+        save_strategy="no", eval_strategy="no", logging_steps=1, dataloader_num_workers=0, seed=0, disable_tqdm=True,
+        max_length=case["seq_len"], lr_scheduler_type="constant",
+    )
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=case["lr"],
+                            weight_decay=0.0, betas=BETAS, fused=True)  # = make_optimizer = adamw_torch_fused
+    trainer = InOrder(model=student, teacher_model=teacher, args=args, data_collator=collator,
                       train_dataset=Dataset.from_dict({"row": list(range(total * case["batch"]))}),
                       processing_class=tok, callbacks=[Timer()], optimizers=(opt, None))
     trainer.train()

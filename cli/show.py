@@ -75,9 +75,11 @@ def show_artifact(path: str, rows: int) -> None:
     for f in m["files"]:
         files.add_row(f["name"], f"{f['rows']:,}" if f["rows"] is not None else "", f"{f['bytes']:,}", f["sha256"][:12])
     console.print(files)
+    stores = ("topk/", "sampled/")  # the teacher's stored parts: one shown, not every part
     for f in m["files"]:
-        if f["name"].endswith(".arrow") and not f["name"].startswith("topk/"):
+        if f["name"].endswith(".arrow") and not f["name"].startswith(stores):
             console.print(arrow_table(art.table(f["name"]), f["name"], rows))
-    tk = art.files("topk/")
-    if tk:
-        console.print(arrow_table(art.table(tk[0]), f"{tk[0]} (first of {len(tk)} parts)", min(rows, 2)))
+    for store in stores:
+        tk = art.files(store)
+        if tk:
+            console.print(arrow_table(art.table(tk[0]), f"{tk[0]} (first of {len(tk)} parts)", min(rows, 2)))

@@ -120,6 +120,11 @@ class MixtureSettings:
     alpha: float
     interval: int
     smoothing: bool
+    # DDK's discrepancy factor: "ratio" (the paper's Eq. 1/2; what plans without the key used) or
+    # "log-ratio" with temperature tau. Left out of the manifest when they are ("ratio", 1.0), so plans of
+    # the paper's factor keep the manifest they had.
+    factor: str = "ratio"
+    tau: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,9 @@ class PlanRecord:
         d["domains_without_train"] = list(self.domains_without_train)
         if self.rrf_k is None:
             d.pop("rrf_k")
+        if (self.mixture.factor, self.mixture.tau) == ("ratio", 1.0):
+            d["mixture"].pop("factor")
+            d["mixture"].pop("tau")
         return {"record_version": RECORD_VERSION, **d}
 
     @classmethod

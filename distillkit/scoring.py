@@ -18,6 +18,12 @@ teacher_ppl, student_ppl, ppl_ratio = student_ppl / teacher_ppl, and `heldout`
 topk_ids, the quantised log-probs and the tail mass (`distillkit.topk` has the
 format) — row t of a sample's lists is the teacher's top-k for the distribution
 that predicts token_ids[t + 1].
+
+``sampled/part-*.arrow`` (``--teacher-store sampled``): instead of the top-k, n
+tokens drawn per position from the teacher's T = 1 distribution, as distinct ids,
+counts and log-probs (`distillkit.sampled` has the format and the draws). The draws
+need the full distribution at every position, so the teacher runs on the hf engine
+(`sample_teacher`); vLLM returns only the top of it.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ from distillkit.schemas import CHUNK_COLUMNS, SAMPLE_COLUMNS
 
 if TYPE_CHECKING:
     from distillkit.data import Samples
+    from distillkit.sampled import SampleSpec
+
+STORE_DIRS = ("topk", "sampled")  # where score keeps what it stores of the teacher for offline KD
 
 
 def _chunk_name(c: int) -> str:
@@ -56,19 +65,28 @@ def score_chunks(
     tokenizer,
     max_length: int,
     topk_format: str = "uint8",
+    sampling: SampleSpec | None = None,
 ) -> dict[str, Any]:
-    """Score every missing chunk with both models; returns throughput figures."""
+    """Score every missing chunk with both models; returns throughput figures.
+
+    With `sampling`, the teacher's stored signal is `sampling.count` draws per position (`sampled/`)
+    instead of its top-k; `top_k` must then be 0."""
     from distillkit.engines import make_engine
     from distillkit.progress import progress_bar
+    from distillkit.sampled import sampled_table
     from distillkit.topk import topk_table
 
+    assert not (top_k and sampling), "one teacher store"
+    store = "topk" if top_k else "sampled" if sampling else None
     chunks = [(c, range(b, min(len(s), b + chunk_size))) for c, b in enumerate(range(0, len(s), chunk_size))]
-    todo = [(c, r) for c, r in chunks if not writer.has(_chunk_name(c)) or (top_k and not writer.has(f"topk/part-{c:05d}.arrow"))]
+    todo = [(c, r) for c, r in chunks if not writer.has(_chunk_name(c)) or (store and not writer.has(f"{store}/part-{c:05d}.arrow"))]
     figures: dict[str, Any] = {"samples": len(s), "chunks": len(chunks), "chunks_resumed": len(chunks) - len(todo)}
     if not todo:
         return figures
     vocab = len(tokenizer)
-    teacher = make_engine(engine, teacher_dir, dtype, max_length, batch_tokens, max(top_k, 1), vocab_size=vocab)
+    # The draws need every position's full distribution: only the hf engine computes it.
+    teacher = make_engine("hf" if sampling else engine, teacher_dir, dtype, max_length, batch_tokens, max(top_k, 1),
+                          vocab_size=vocab)
     student = make_engine(engine, student_dir, dtype, max_length, batch_tokens, 1, vocab_size=vocab)
     figures["engine"] = teacher.name
     timings = {"teacher": [0.0, 0], "student": [0.0, 0], "generate": [0.0, 0]}
@@ -86,10 +104,14 @@ def score_chunks(
             bar.describe(f"score chunk {c + 1}/{len(chunks)}")
             seqs = [s.ids[i] for i in r]
             kw = {"on_batch": bar.advance} if teacher.name == "hf" else {}
-            t_scores = timed("teacher", lambda x, k: teacher.score(x, k, **kw), seqs, top_k)
-            s_scores = timed("student", lambda x, k: student.score(x, k, **kw), seqs, 0)
-            if not kw:
-                bar.advance(2 * sum(len(x) for x in seqs))
+            s_kw = {"on_batch": bar.advance} if student.name == "hf" else {}
+            keys = [s.sample_id[i] for i in r]
+            if sampling:
+                t_scores, draws = timed("teacher", lambda x, _: sample_teacher(teacher, x, keys, sampling, **kw), seqs, None)
+            else:
+                t_scores = timed("teacher", lambda x, k: teacher.score(x, k, **kw), seqs, top_k)
+            s_scores = timed("student", lambda x, k: student.score(x, k, **s_kw), seqs, 0)
+            bar.advance((0 if kw else 1) * sum(len(x) for x in seqs) + (0 if s_kw else 1) * sum(len(x) for x in seqs))
             cols: dict[str, Any] = {
                 "sample_id": [s.sample_id[i] for i in r],
                 "domain": [s.domain[i] for i in r],
@@ -108,6 +130,8 @@ def score_chunks(
             if top_k:
                 table = topk_table(cols["sample_id"], seqs, t_scores, topk_format, vocab)
                 writer.write(f"topk/part-{c:05d}.arrow", table, compression="zstd")
+            elif sampling:
+                writer.write(f"sampled/part-{c:05d}.arrow", sampled_table(keys, seqs, draws, sampling, vocab), compression="zstd")
             writer.write(_chunk_name(c), pa.table(cols))
     teacher.close()
     student.close()
@@ -116,6 +140,60 @@ def score_chunks(
             figures[f"{key}_tokens_per_s"] = round(toks / secs, 1)
             figures[f"{key}_s"] = round(secs, 2)
     return figures
+
+
+def sample_teacher(engine, sequences, keys: list[str], spec: SampleSpec, on_batch=None):
+    """The hf teacher's scores plus `spec.count` draws per position from its T = 1 distribution.
+
+    Returns (SequenceScores per sequence, (draws [L-1, n] ascending, their log-probs [L-1, n]) per sequence).
+    Batching as `HFEngine.score` does (length-sorted, `position_chunk` positions of logits at a time); the
+    uniforms of sequence i come from the stream of (spec.seed, keys[i]) (`distillkit.sampled.uniforms`), so
+    the draws do not depend on the batch a sequence lands in.
+    """
+    import torch
+
+    from distillkit.engines.base import SequenceScores
+    from distillkit.engines.hf import length_sorted_batches
+    from distillkit.sampled import draw, uniforms
+
+    if getattr(engine, "name", None) != "hf":
+        raise ValueError("drawing teacher samples needs the hf engine (the full distribution at every position)")
+    n = spec.count
+    lengths = [len(x) for x in sequences]
+    scores: list[Any] = [None] * len(sequences)
+    draws: list[Any] = [None] * len(sequences)
+    decoder = engine.model.get_decoder()
+    for batch in length_sorted_batches(lengths, engine.batch_tokens):
+        width = max(lengths[i] for i in batch)
+        ids = torch.full((len(batch), width), engine.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, i in enumerate(batch):
+            ids[r, : lengths[i]] = torch.as_tensor(sequences[i], dtype=torch.long)
+            mask[r, : lengths[i]] = 1
+        u = np.concatenate([uniforms(spec.seed, keys[i], lengths[i] - 1, n, spec.scheme) for i in batch])
+        with torch.inference_mode():
+            hidden = decoder(input_ids=ids.to(engine.device), attention_mask=mask.to(engine.device)).last_hidden_state
+            valid = mask[:, 1:].bool().to(hidden.device)
+            h, t = hidden[:, :-1][valid], ids[:, 1:].to(hidden.device)[valid]
+            tgt = torch.empty(t.shape[0], dtype=torch.float32, device=h.device)
+            d_ids = torch.empty((t.shape[0], n), dtype=torch.long, device=h.device)
+            d_lp = torch.empty((t.shape[0], n), dtype=torch.float32, device=h.device)
+            for a in range(0, t.shape[0], engine.position_chunk):
+                e = min(t.shape[0], a + engine.position_chunk)
+                logits = engine._logits(h[a:e])  # fp32, softcapped and sliced to the vocabulary as the engine scores
+                lp = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+                tgt[a:e] = lp.gather(-1, t[a:e, None]).squeeze(-1)
+                d_ids[a:e] = draw(lp, u[a:e])
+                d_lp[a:e] = lp.gather(-1, d_ids[a:e])
+            tgt_np, ids_np, lp_np = tgt.cpu().numpy(), d_ids.cpu().numpy(), d_lp.cpu().numpy()
+        starts = np.concatenate([[0], np.cumsum([lengths[i] - 1 for i in batch])])
+        for r, i in enumerate(batch):
+            a, b = int(starts[r]), int(starts[r + 1])
+            scores[i] = SequenceScores(tgt_np[a:b])
+            draws[i] = (ids_np[a:b], lp_np[a:b])
+        if on_batch is not None:
+            on_batch(sum(lengths[i] for i in batch))
+    return scores, draws
 
 
 def _mean_nll(scores, starts: list[int]) -> np.ndarray:
@@ -183,11 +261,17 @@ def merge_shards(dirs: list[Path], out: Path, *, overwrite: bool = False) -> Pat
     writer.write("domains.arrow", domains)
     for a in shards:
         i = records[a.path].shard[0]
-        for name in a.files("topk/"):
-            dst = writer.path(f"topk/shard{i:04d}-{Path(name).name}")
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(a.path / name, dst)
+        for store in STORE_DIRS:
+            for name in a.files(f"{store}/"):
+                dst = writer.path(f"{store}/shard{i:04d}-{Path(name).name}")
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(a.path / name, dst)
     figures = {"samples": samples.num_rows, "merged_shards": n}
+    store_files = sorted(p for d in STORE_DIRS for p in writer.path(d).glob("*.arrow"))
+    if store_files and all("store_positions" in a.manifest["figures"] for a in shards):
+        from distillkit.sampled import store_figures
+
+        figures.update(store_figures(store_files, sum(int(a.manifest["figures"]["store_positions"]) for a in shards)))
     for key in ("teacher_tokens_per_s", "student_tokens_per_s"):
         vals = [a.manifest["figures"].get(key) for a in shards if a.manifest["figures"].get(key)]
         if vals:

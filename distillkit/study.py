@@ -256,7 +256,18 @@ METRICS = (
     Metric("rouge_l", "ROUGE-L (sampled answers, points)", True, 100.0),
     Metric("ppl", "held-out perplexity", False),
     Metric("kl", "held-out KL(teacher‖student), nats/token", False, 1.0, "{:.4f}"),
+    # Per-domain gap closed (distillkit.study_results.gap_closed), summarised over domains within each run:
+    # the lagging domain (min), the mean, and the spread across domains; in % of each domain's starting gap.
+    Metric("gap_closed_min", "ppl gap closed in the lagging domain (min over domains), %", True, 100.0, "{:.1f}"),
+    Metric("gap_closed_mean", "ppl gap closed, mean over domains, %", True, 100.0, "{:.1f}"),
+    Metric("gap_closed_sd", "ppl gap closed, spread across domains (sd), points", False, 100.0, "{:.1f}"),
+    Metric("kl_closed_min", "KL closed in the lagging domain (min over domains), %", True, 100.0, "{:.1f}"),
+    Metric("kl_closed_mean", "KL closed, mean over domains, %", True, 100.0, "{:.1f}"),
+    Metric("kl_closed_sd", "KL closed, spread across domains (sd), points", False, 100.0, "{:.1f}"),
+    Metric("ratio_max", "largest per-domain ppl ratio student/teacher after training", False, 1.0, "{:.3f}"),
 )
+# The metric study.png plots: the first of these a study has (else its first metric).
+PRIMARY = ("rouge_l", "gap_closed_min")
 
 
 def value(r: Mapping[str, Any], key: str) -> float | None:
@@ -330,5 +341,16 @@ def domain_values(results, arm: str, key: str = "ppl") -> dict[str, list[float]]
     return out
 
 
+def domain_by_seed(results, arm: str, key: str) -> dict[str, dict[int, float]]:
+    """{domain: {seed: value}} of one per-domain key of an arm's result files (for paired per-domain differences)."""
+    out: dict[str, dict[int, float]] = {}
+    for (a, s), r in sorted(results.items()):
+        if a == arm:
+            for d, v in (r.get("domains", {}).get(key) or {}).items():
+                if v is not None:
+                    out.setdefault(d, {})[s] = float(v)
+    return out
+
+
 __all__ = ["Arm", "Budget", "StudyRecipe", "read_study", "run_id", "write_json", "load_results",
-           "machine", "Metric", "METRICS", "ArmSummary", "summarize", "domain_values", "value"]
+           "machine", "Metric", "METRICS", "PRIMARY", "ArmSummary", "summarize", "domain_values", "domain_by_seed", "value"]

@@ -1,4 +1,11 @@
-"""report.md, study.png and curves.png of a study, from its result files only (distillkit.study_results)."""
+"""report.md, study.png, gap_closed.png and curves.png of a study, from its result files only (distillkit.study_results).
+
+Sections: the arms; the starting point (per-domain ratio ppl_S/ppl_T of the checkpoint every arm branches from,
+and the weights DDK's Eq. 1 and the log-ratio variant give it); one table per metric (mean ± 95 % CI over seeds,
+paired Δ vs the baseline, verdict, detectable); the gap closed per domain and arm; per-domain perplexity; budget
+and loss per stage; the runs. Keys a result file lacks (files written before a metric existed) leave their
+tables out.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,9 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from distillkit.study import METRICS, Metric, StudyRecipe, domain_values, summarize, value
+from distillkit.study import METRICS, PRIMARY, Metric, StudyRecipe, domain_by_seed, domain_values, summarize, value
+
+PAPER_RATIOS = (1.2, 1.8)  # DDK's per-domain ppl_S/ppl_T at the start (its Fig. 3): the regime it was published in
 
 
 def _f(x: float | None, fmt: str = "{:.2f}") -> str:
@@ -60,6 +69,7 @@ def write_report(rec: StudyRecipe, results: Mapping[tuple[str, int], Mapping[str
     shared = [f"[{t}] " + ", ".join(f"{k} = {v}" for k, v in d.items()) for t, d in (("plan", rec.plan), ("train", rec.train), ("eval", rec.eval)) if d]
     if shared:
         lines += ["Shared by every arm: " + "; ".join(shared) + ".", ""]
+    lines += _branching_section(results, reference)
     summaries: dict[str, list] = {}
     for m in metrics_present(results):
         s = summarize(results, arms, rec.baseline, m)
@@ -81,9 +91,12 @@ def write_report(rec: StudyRecipe, results: Mapping[tuple[str, int], Mapping[str
         if refs:
             lines += ["Reference (one evaluation, same prompts and sampling seeds): " + "; ".join(refs) + ".", ""]
     if plots and summaries:
-        key = "rouge_l" if "rouge_l" in summaries else next(iter(summaries))
+        key = next((k for k in PRIMARY if k in summaries), next(iter(summaries)))
         if _plot(summaries[key], rec, rec.results / "study.png"):
             lines += ["![study](study.png)", ""]
+    lines += _gap_sections(results, arms, rec.baseline)
+    if plots and _plot_gap(results, arms, rec.results / "gap_closed.png"):
+        lines += ["![gap closed per domain](gap_closed.png)", ""]
     lines += _domain_section(results, arms)
     lines += _train_section(results, arms, budgets)
     if plots and _plot_curves(results, arms, rec.results / "curves.png"):
@@ -106,6 +119,138 @@ def _domain_section(results, arms: list[str]) -> list[str]:
             row.append(_f(sum(xs) / len(xs)) if xs else "–")
         rows.append(row)
     return ["## Held-out perplexity per domain (mean over seeds)", ""] + _table(["domain", *arms], rows) + [""]
+
+
+def _start(results) -> dict[str, dict[str, list[float]]]:
+    """Per domain, over every run: the teacher's perplexity, the student's before training and its KL before
+    (train's held-out measurement of the starting checkpoint: the same in every run of a study)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for _k, r in sorted(results.items()):
+        dom = r.get("domains", {})
+        for d, b in (dom.get("train_ppl_before") or {}).items():
+            t = (dom.get("teacher_ppl") or {}).get(d)
+            if t is None:
+                continue
+            row = out.setdefault(d, {"teacher": [], "before": [], "kl": []})
+            row["teacher"].append(float(t))
+            row["before"].append(float(b))
+            if (dom.get("kl_before") or {}).get(d) is not None:
+                row["kl"].append(float(dom["kl_before"][d]))
+    return out
+
+
+def _start_ratios(results) -> dict[str, float]:
+    return {d: (sum(v["before"]) / len(v["before"])) / (sum(v["teacher"]) / len(v["teacher"])) for d, v in _start(results).items()}
+
+
+def _branching_section(results, reference) -> list[str]:
+    """The starting checkpoint's per-domain ratio ppl_S/ppl_T (train's held-out measurement before training, on the
+    documents every gap closed is measured on) and the weights DDK's Eq. 1 and the log-ratio variant give it."""
+    start = _start(results)
+    if len(start) < 2:
+        return []
+    from distillkit.errors import DataError
+    from distillkit.mixture import ddk_weights, log_ratio_weights
+
+    at_start = _start_ratios(results)
+    doms = sorted(start, key=lambda d: (-at_start[d], d))
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    teacher = [mean(start[d]["teacher"]) for d in doms]
+    before = [mean(start[d]["before"]) for d in doms]
+    ratio = [b / t for b, t in zip(before, teacher)]
+    try:
+        eq1, logr = ddk_weights(before, teacher), log_ratio_weights(before, teacher, 1.0)
+    except DataError:  # a non-finite perplexity: show the ratios without weights
+        eq1 = logr = [math.nan] * len(doms)
+    ref = _reference_ratios(reference)
+    header = ["domain", "teacher ppl", "student ppl", "ratio S/T", "KL", "Eq. 1 weight", "log-ratio weight (τ 1)"]
+    if ref:
+        header.append("ratio (eval, reference)")
+    rows = []
+    for i, d in enumerate(doms):
+        kl = start[d]["kl"]
+        row = [d, _f(teacher[i]), _f(before[i]), _f(ratio[i], "{:.3f}"), _f(mean(kl), "{:.3f}") if kl else "–",
+               _f(eq1[i], "{:.3f}"), _f(logr[i], "{:.3f}")]
+        if ref:
+            row.append(_f(ref.get(d), "{:.3f}"))
+        rows.append(row)
+    lo, hi = PAPER_RATIOS
+    inside = sum(lo <= r <= hi for r in ratio)
+    srt = sorted(ratio)
+    median = srt[len(srt) // 2] if len(srt) % 2 else (srt[len(srt) // 2 - 1] + srt[len(srt) // 2]) / 2
+    spread = max(max(abs(x - before[i]) / before[i] for x in start[d]["before"]) for i, d in enumerate(doms))
+    lines = ["## Starting point: the checkpoint every arm branches from", "",
+             "Per domain on the held-out documents (train's measurement before training; lagging domains first): the "
+             "teacher's and the starting student's perplexity, their ratio, KL(teacher‖student) per token, and the "
+             "sampling weights DDK's Eq. 1 (`softmax(ratio)`) and the log-ratio variant (`ratio / Σ ratio`) give it.", ""]
+    lines += _table(header, rows) + [""]
+    lines += [f"Ratios {min(ratio):.2f}–{max(ratio):.2f} (median {median:.2f}); {inside} of {len(ratio)} domains inside "
+              f"DDK's published range {lo}–{hi}; Eq. 1's largest/smallest weight exp(max − min) = "
+              f"{math.exp(min(max(ratio) - min(ratio), 700.0)):.3g} (≈ 1.8 in the paper)."]
+    if spread > 1e-3:
+        lines += [f"**The runs disagree about the start** (student perplexity before training differs by up to "
+                  f"{100 * spread:.2f} % between runs): did every run start from the same checkpoint and documents?"]
+    return lines + [""]
+
+
+def _reference_ratios(reference) -> dict[str, float]:
+    """Per domain: the initial student's / the teacher's perplexity from the reference evaluation, if there is one."""
+    models = (reference or {}).get("models", {})
+    teacher = next((v for v in models.values() if v.get("role") == "teacher"), None)
+    initial = models.get("initial") or next((v for v in models.values() if v.get("role") != "teacher"), None)
+    if not teacher or not initial:
+        return {}
+    t, s = teacher.get("domains", {}).get("ppl", {}), initial.get("domains", {}).get("ppl", {})
+    return {d: s[d] / t[d] for d in s if d in t and t[d]}
+
+
+def _gap_sections(results, arms: list[str], baseline: str) -> list[str]:
+    """Per domain (lagging at the start first) and arm: the share of the gap closed, mean over seeds, and for the
+    other arms the paired difference to the baseline (same seeds), in points."""
+    ratios = _start_ratios(results)
+    lines: list[str] = []
+    for key, what in (("gap_closed", "Perplexity gap closed per domain, % = (ppl_before − ppl_after) / (ppl_before − ppl_teacher)"),
+                      ("kl_closed", "KL closed per domain, % = (KL_before − KL_after) / KL_before")):
+        per = {a: domain_by_seed(results, a, key) for a in arms}
+        doms = sorted({d for v in per.values() for d in v}, key=lambda d: (-ratios.get(d, 0.0), d))
+        if len(doms) < 2:  # one domain: the metric tables above already hold it
+            continue
+        base = per.get(baseline, {})
+        rows = []
+        for d in doms:
+            row = [d, _f(ratios.get(d), "{:.2f}")]
+            for a in arms:
+                xs = per[a].get(d, {})
+                if not xs:
+                    row.append("–")
+                    continue
+                cell = f"{100 * sum(xs.values()) / len(xs):.1f}"
+                common = sorted(set(xs) & set(base.get(d, {})))
+                if a != baseline and common:
+                    delta = 100 * sum(xs[s] - base[d][s] for s in common) / len(common)
+                    cell += f" ({delta:+.1f})"
+                row.append(cell)
+            rows.append(row)
+        lagging = []
+        for a in arms:
+            names = [r.get("gap", {}).get("lagging", {}).get(key) for (x, _s), r in sorted(results.items()) if x == a]
+            names = [n for n in names if n]
+            if names:
+                most_first = sorted(set(names), key=lambda n: (-names.count(n), n))
+                lagging.append(f"{a}: " + ", ".join(f"{n} ×{names.count(n)}" for n in most_first))
+        excluded = sorted({d for r in results.values() for d in r.get("gap", {}).get("excluded", [])}) if key == "gap_closed" else []
+        lines += [f"## {what}", "", f"Mean over seeds; in brackets the paired difference to {baseline} (same seeds), in points. "
+                  "Domains ordered by their ratio ppl_S/ppl_T at the start, lagging first.", ""]
+        lines += _table(["domain", "ratio at start", *arms], rows) + [""]
+        if lagging:
+            lines += ["Lagging domain (the minimum) per run — " + "; ".join(lagging) + ".", ""]
+        if excluded:
+            lines += [f"Left out (starting ratio below {_min_ratio(results):.2f}: no gap to close): {', '.join(excluded)}.", ""]
+    return lines
+
+
+def _min_ratio(results) -> float:
+    return next((float(r["gap"]["min_ratio"]) for r in results.values() if "min_ratio" in r.get("gap", {})), math.nan)
 
 
 def _train_section(results, arms: list[str], budgets: Mapping[str, Any]) -> list[str]:
@@ -169,6 +314,42 @@ def _plot(summary: list, rec: StudyRecipe, path: Path) -> bool:
     ax2.set_yticks(range(len(others)), [s.arm for s in others])
     ax2.set_xlabel(f"Δ vs {rec.baseline} ({'higher' if m.higher_is_better else 'lower'} is better)")
     ax2.set_title("paired difference, 95 % CI")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _plot_gap(results, arms: list[str], path: Path) -> bool:
+    """gap_closed.png: per domain (lagging at the start on the left), each arm's ppl gap closed, mean over seeds
+    (bar) and every seed (dots)."""
+    per = {a: domain_by_seed(results, a, "gap_closed") for a in arms}
+    ratios = _start_ratios(results)
+    doms = sorted({d for v in per.values() for d in v}, key=lambda d: (-ratios.get(d, 0.0), d))
+    if not doms:
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(doms) + 2), 4.2))
+    width = 0.8 / max(1, len(arms))
+    for i, a in enumerate(arms):
+        for j, d in enumerate(doms):
+            xs = list(per[a].get(d, {}).values())
+            if not xs:
+                continue
+            x = j - 0.4 + width * (i + 0.5)
+            ax.bar(x, 100 * sum(xs) / len(xs), width, color=f"C{i}", alpha=0.75, label=a if j == 0 else None)
+            ax.scatter([x] * len(xs), [100 * v for v in xs], color="k", s=6, zorder=3)
+    ax.set_xticks(range(len(doms)), [f"{d}\n{ratios[d]:.2f}" if d in ratios else d for d in doms], fontsize=8)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_ylabel("ppl gap closed, % (bars: mean; dots: seeds)")
+    ax.set_xlabel("domain and its ratio ppl_S/ppl_T at the start (lagging first)")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -187,12 +187,16 @@ def decode_rows(batch: pa.RecordBatch, row: int) -> tuple[np.ndarray, np.ndarray
 
 
 class PartReader:
-    """Random access to a score artifact's top-k parts, a record batch at a time, with a small LRU cache."""
+    """Random access to a score artifact's teacher parts, a record batch at a time, with a small LRU cache.
 
-    def __init__(self, paths: Sequence[Path], cache_batches: int = 16) -> None:
+    `decode` turns a record batch into (row offsets, ids, log-probs): `decode_batch` for top-k parts,
+    `distillkit.sampled.decode_batch` for sampled ones."""
+
+    def __init__(self, paths: Sequence[Path], cache_batches: int = 16, decode=None) -> None:
         self.paths = list(paths)
         self.cache: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
         self.cache_batches = cache_batches
+        self.decode = decode or decode_batch
 
     def schema(self, part: int) -> pa.Schema:
         return ipc.open_file(pa.memory_map(str(self.paths[part]), "r")).schema
@@ -209,11 +213,11 @@ class PartReader:
         return ipc.open_file(src, options=ipc.IpcReadOptions(included_fields=[schema.get_field_index(f) for f in fields]))
 
     def batch(self, part: int, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """`decode_batch` of one record batch (the last `cache_batches` are kept)."""
+        """`decode` of one record batch (the last `cache_batches` are kept)."""
         key = (part, index)
         b = self.cache.get(key)
         if b is None:
-            b = decode_batch(self.open(part).get_batch(index))
+            b = self.decode(self.open(part).get_batch(index))
             self.cache[key] = b
             if len(self.cache) > self.cache_batches:
                 self.cache.popitem(last=False)

@@ -327,8 +327,12 @@ def _evaluate_model(cfg, writer, i: int, e: ModelEntry, task_names, task_dirs, d
         t = time.time()
         seeds = cfg.gen_seeds if cfg.gen_temperature > 0 else cfg.gen_seeds[:1]
         console.print(f"eval {e.label}: sampling answers to {len(data.samples):,} prompts × {len(seeds)} seed(s)")
-        runs = rouge_runs(model, data.tokenizer, data.samples, cfg.gen_seeds, max_new_tokens=cfg.gen_max_new_tokens,
-                          temperature=cfg.gen_temperature, top_p=cfg.gen_top_p, batch_size=cfg.gen_batch_size)
+        from distillkit.progress import progress_bar
+
+        with progress_bar(f"eval {e.label}: answers", total=len(data.samples) * len(seeds), unit="answer") as bar:
+            runs = rouge_runs(model, data.tokenizer, data.samples, cfg.gen_seeds, max_new_tokens=cfg.gen_max_new_tokens,
+                              temperature=cfg.gen_temperature, top_p=cfg.gen_top_p, batch_size=cfg.gen_batch_size,
+                              on_batch=bar.advance)
         write_arrow(writer.path(f"parts/{i:02d}-gen.arrow"), runs)
         figures[f"{key}_generation_s"] = round(time.time() - t, 2)
     if need_bench:

@@ -14,6 +14,7 @@ Identical scores and config give byte-identical ``.arrow`` files. See docs/plan.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from distillkit.config import opt, to_dict
 from distillkit.pipelines.stage import StageResult, result
-from distillkit.choices import DDK_ALPHA, DDK_INTERVAL, Measure, MixtureKind
+from distillkit.choices import DDK_ALPHA, DDK_FACTOR, DDK_INTERVAL, DDK_TAU, DdkFactor, Measure, MixtureKind
 
 if TYPE_CHECKING:
     import numpy as np
@@ -43,7 +44,9 @@ class PlanConfig:
     temperature_end: float = opt(2.0, "Distillation temperature of the last stage (linear in between).", panel="schedule")
     kd_weight_start: float = opt(0.7, "KD weight λ of the first stage: loss = (1-λ)·CE + λ·KD.", panel="schedule")
     kd_weight_end: float = opt(1.0, "KD weight λ of the last stage (linear in between).", panel="schedule")
-    mixture: MixtureKind = opt("ddk", "Domain mixture: ddk (softmax of student/teacher perplexity ratio), uniform, proportional (by training tokens).", panel="mixture")
+    mixture: MixtureKind = opt("ddk", "Domain mixture: ddk (DDK's discrepancy factor of the student/teacher perplexity ratio, see ddk_factor), uniform, proportional (by training tokens).", panel="mixture")
+    ddk_factor: DdkFactor = opt(DDK_FACTOR, "DDK factor: ratio = the paper's Eq. 1/2, softmax(ppl_S/ppl_T); log-ratio = weights ∝ (ppl_S/ppl_T)^(1/τ), bounded for large gaps (freshly pruned students). Used for the initial weights and train's re-weighting.", panel="mixture")
+    ddk_tau: float = opt(DDK_TAU, "Temperature τ > 0 of the log-ratio factor (1: weights ∝ the ratio; larger is flatter). Only with ddk_factor = log-ratio.", panel="mixture")
     ddk_alpha: float = opt(DDK_ALPHA, "DDK Eq. 2 smoothing α, for train's re-weighting.", panel="mixture")
     ddk_interval: int = opt(DDK_INTERVAL, "DDK re-measurement interval K in steps, for train.", panel="mixture")
     ddk_smoothing: bool = opt(True, "DDK factor smoothing (Eq. 2); false re-applies Eq. 1 at each interval.", panel="mixture")
@@ -72,6 +75,11 @@ class PlanConfig:
                 problems.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.ddk_alpha <= 1.0:
             problems.append(f"ddk_alpha must be in [0, 1], got {self.ddk_alpha}")
+        if math.isfinite(self.ddk_tau) and not self.ddk_tau > 0:  # non-finite values are refused by the config checks
+            problems.append(f"ddk_tau must be > 0, got {self.ddk_tau} (1 = weights proportional to the perplexity ratio)")
+        elif self.ddk_factor == "ratio" and self.ddk_tau != DDK_TAU:
+            problems.append(f"ddk_tau = {self.ddk_tau} applies only to ddk_factor = 'log-ratio' (the paper's ratio factor has "
+                            "no temperature): add --ddk-factor log-ratio or leave ddk_tau at 1")
         if self.ddk_interval < 1:
             problems.append(f"ddk_interval must be >= 1 step, got {self.ddk_interval}")
         if self.rrf_k < 1:
@@ -142,7 +150,7 @@ def run(cfg: PlanConfig, resume: bool = False, overwrite: bool = False) -> Stage
     s_ppl = np.array([dom_rows[d]["student_ppl"] for d in names], dtype=np.float64)
     last = curric.pools[-1]
     train_tokens = _tokens_by_domain(curric.table, names)
-    weights = mixture_weights(cfg.mixture, s_ppl, t_ppl, train_tokens)
+    weights = mixture_weights(cfg.mixture, s_ppl, t_ppl, train_tokens, cfg.ddk_factor, cfg.ddk_tau)
     mixture = pa.table(
         {
             "domain": pa.array(names, pa.string()),
@@ -176,7 +184,8 @@ def run(cfg: PlanConfig, resume: bool = False, overwrite: bool = False) -> Stage
         stage_length=StageLength(**cfg.stage_length_entry()),
         restart_optimizer=cfg.restart_optimizer,
         stages=tuple(stages),
-        mixture=MixtureSettings(kind=cfg.mixture, alpha=cfg.ddk_alpha, interval=cfg.ddk_interval, smoothing=cfg.ddk_smoothing),
+        mixture=MixtureSettings(kind=cfg.mixture, alpha=cfg.ddk_alpha, interval=cfg.ddk_interval, smoothing=cfg.ddk_smoothing,
+                                factor=cfg.ddk_factor, tau=cfg.ddk_tau),
         scores=str(scores.path),
         scores_manifest_sha256=scores.sha256,
         train_samples=curric.table.num_rows,
@@ -186,6 +195,8 @@ def run(cfg: PlanConfig, resume: bool = False, overwrite: bool = False) -> Stage
     )
 
     ident = {k: v for k, v in to_dict(cfg).items() if k != "out"}
+    if (cfg.ddk_factor, cfg.ddk_tau) == (DDK_FACTOR, DDK_TAU):  # the paper's factor: plans made before the keys stay complete
+        del ident["ddk_factor"], ident["ddk_tau"]
     ident["scores_manifest_sha256"] = scores.sha256
     writer = ArtifactWriter(cfg.out, KIND, ident, inputs=[scores], resume=resume, overwrite=overwrite)
     if writer.done:
@@ -278,13 +289,20 @@ def plot_plan(curriculum, mixture, record, path: Path) -> None:
     ax2.set_ylim(len(names) - 0.5, -0.6)
     ax2.set_xlim(0, max(w.max() * 1.8, 1.5 / len(names)))
     ax2.set_xlabel("sampling weight (sums to 1)")
-    kind = record.mixture.kind
-    ax2.set_title(f"domain mixture: {kind}" + (" = softmax(ppl_S / ppl_T)" if kind == "ddk" else "")
-                  + "\nheld-out perplexity ratio in brackets", fontsize=10)
+    ax2.set_title(f"domain mixture: {mixture_formula(record.mixture)}\nheld-out perplexity ratio in brackets", fontsize=10)
     ax2.legend(loc="lower right", fontsize=8)
     # no software/date metadata: the same plan gives the same bytes
     fig.savefig(path, dpi=110, metadata={"Software": None})
     plt.close(fig)
+
+
+def mixture_formula(mix) -> str:
+    """The mixture's name with the formula of its weights, e.g. for the plan's figure."""
+    if mix.kind != "ddk":
+        return mix.kind
+    if mix.factor == "log-ratio":
+        return f"ddk ∝ (ppl_S / ppl_T)^(1/τ), τ = {mix.tau:g}"
+    return "ddk = softmax(ppl_S / ppl_T)"
 
 
 def _mpl_at_least(version: str, major: int, minor: int) -> bool:
@@ -292,4 +310,4 @@ def _mpl_at_least(version: str, major: int, minor: int) -> bool:
     return tuple(parts) >= (major, minor)
 
 
-__all__ = ["PlanConfig", "run", "plot_plan", "KIND"]
+__all__ = ["PlanConfig", "run", "plot_plan", "mixture_formula", "KIND"]

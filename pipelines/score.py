@@ -3,7 +3,9 @@
 Reads a data set, scores every sample with the teacher and the student
 (mean NLL over target tokens), adds POCL difficulty measures, and computes the
 DDK per-domain perplexities on each domain's held-out slice. With ``top_k``
-it also stores the teacher's top-k log-probs for offline KD.
+it also stores the teacher's top-k log-probs for offline KD; with
+``teacher_store = "sampled"`` it stores instead ``sample_count`` tokens drawn per
+position from the teacher (unbiased forward-KL / skew-KL estimates; docs/losses.md).
 
 Work is done in chunks of ``chunk_size`` samples, each written atomically to
 ``<out>.partial/chunks/``; ``--resume`` redoes only the missing chunks.
@@ -42,6 +44,14 @@ class ScoreConfig:
     top_k: int = opt(0, "Store the teacher's top-k log-probs per position (0: off).", panel="scoring")
     topk_format: Literal["uint8", "float16"] = opt("uint8", "Stored top-k log-probs: uint8 codes on a per-position log grid (~3x smaller), or float16.",
                                                    panel="scoring")
+    teacher_store: Literal["topk", "sampled"] = opt("topk", "What is stored of the teacher for offline KD: topk (with --top-k K), or sampled: --sample-count tokens drawn per position from the T = 1 teacher (unbiased for fkl/skl at T = 1; hf engine).",
+                                                    panel="scoring")
+    sample_count: int = opt(12, "teacher_store = sampled: draws per position (1..255); the distinct ids, their counts and log-probs are stored.",
+                            panel="scoring")
+    sample_scheme: Literal["stratified", "iid"] = opt("stratified", "teacher_store = sampled: stratified (one draw per 1/n slice of the CDF: lower variance) or iid (independent draws, as in the paper).",
+                                                      panel="scoring")
+    sample_seed: int = opt(0, "teacher_store = sampled: seed of the draws (with the sample id, so a sample's draws do not depend on chunk, shard or batch).",
+                           panel="scoring")
     rouge: Literal["auto", "on", "off"] = opt("auto", "ROUGE-L of the student's greedy answer (auto: on for prompt/response data).",
                                               panel="scoring")
     gen_max_new_tokens: int = opt(64, "Longest student generation for ROUGE-L.", panel="scoring")
@@ -58,6 +68,17 @@ class ScoreConfig:
             problems.append("top_k must be >= 0")
         if self.topk_format not in ("uint8", "float16"):
             problems.append(f"topk_format must be uint8 or float16, got {self.topk_format!r}")
+        if self.teacher_store == "sampled":
+            from distillkit.sampled import MAX_SAMPLE_COUNT
+
+            if self.top_k:
+                problems.append(f"top_k = {self.top_k} applies to teacher_store = 'topk'; teacher_store = 'sampled' stores "
+                                "--sample-count draws instead: drop --top-k, or use --teacher-store topk")
+            if not 1 <= self.sample_count <= MAX_SAMPLE_COUNT:
+                problems.append(f"sample_count must be in 1..{MAX_SAMPLE_COUNT} (counts are stored as uint8), got {self.sample_count}")
+            if self.engine == "vllm":
+                problems.append("teacher_store = 'sampled' draws from the teacher's full distribution, which only the hf engine "
+                                "computes (vLLM returns its top-k): use --engine hf or auto")
         if self.chunk_size < 1 or self.batch_tokens < 1:
             problems.append("chunk_size and batch_tokens must be >= 1")
         try:
@@ -79,6 +100,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 # Config keys that do not change results (where and how fast), left out of the identity hash.
 _NOT_IDENTITY = ("out", "batch_tokens", "engine")
+_SAMPLED_KEYS = ("teacher_store", "sample_count", "sample_scheme", "sample_seed")
 
 
 def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> StageResult:
@@ -100,6 +122,9 @@ def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> S
     ident = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IDENTITY}
     if not cfg.top_k:  # nothing stored: the format does not change the artifact
         ident.pop("topk_format")
+    if cfg.teacher_store == "topk":  # artifacts made before the sampled store keep their identity
+        for key in _SAMPLED_KEYS:
+            ident.pop(key)
     ident["data_fingerprint"] = ds.fingerprint
     ident["teacher_fingerprint"] = model_fingerprint(teacher_dir)
     ident["student_fingerprint"] = model_fingerprint(student_dir)
@@ -127,6 +152,7 @@ def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> S
         tokenizer=tok,
         max_length=cfg.max_length,
         topk_format=cfg.topk_format,
+        sampling=_sampling(cfg),
     )
     table = scoring.concat_chunks(writer)
     samples_t, domains_t = scoring.finalize(table)
@@ -135,12 +161,26 @@ def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> S
     writer.remove("chunks")
     figures["wall_s"] = round(time.time() - t0, 2)
     figures["dropped_short"] = samples.dropped
+    store_files = sorted(p for d in scoring.STORE_DIRS for p in writer.path(d).glob("*.arrow"))
+    if store_files:  # on disk, as bench/bench_topk.py counts it: one position per predicted token
+        from distillkit.sampled import store_figures
+
+        figures.update(store_figures(store_files, sum(len(x) - 1 for x in samples.ids)))
     writer.finish(
         figures,
         extra=ScoreRecord(shard=(shard, num_shards), format=ds.format, data_sources=tuple(ds.sources), teacher_dir=str(teacher_dir),
                           student_dir=str(student_dir), topk=_topk_info(cfg, len(tok))).to_manifest(),
     )
     return result(writer)
+
+
+def _sampling(cfg: ScoreConfig):
+    """The draws of teacher_store = 'sampled' (None for the top-k store)."""
+    if cfg.teacher_store != "sampled":
+        return None
+    from distillkit.sampled import SampleSpec
+
+    return SampleSpec(count=cfg.sample_count, scheme=cfg.sample_scheme, seed=cfg.sample_seed)
 
 
 def _topk_info(cfg: ScoreConfig, vocab: int) -> TopKInfo | None:

@@ -327,7 +327,7 @@ def _run_job(sp: StudyPlan, job: RunJob) -> None:
     from distillkit.study_results import collect_reference, collect_run
 
     done = sum(1 for j in sp.jobs if _result_path(sp, j).is_file())
-    console.print(f"[bold cyan]── study run {job.id}[/] ({done + 1}/{len(sp.jobs)})")
+    console.print(f"[bold cyan]── study run {job.id}[/] ({done} of {len(sp.jobs)} finished)")
     t0 = time.time()
     tr = None
     if job.train is not None:

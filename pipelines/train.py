@@ -10,7 +10,7 @@ the recipe, top to bottom: `prepare` (inputs) -> `make_settings` (frozen hyper-p
 
 - ``student/``: the trained student (``save_pretrained`` + tokenizer: plain transformers / vLLM load it);
 - ``metrics.arrow``: one row per optimizer step (step, loss, kd_loss, ce_loss, temperature, stage, lr,
-  tokens_per_s, kd_weight, tokens, grad_norm, taid_t);
+  tokens_per_s, kd_weight, tokens, grad_norm, taid_t, on_policy);
 - ``mixture.arrow``: the domain weights at step 0 and after every DDK update
   (step, domain, weight, student_ppl, teacher_ppl);
 - ``heldout.arrow``: per domain, held-out student perplexity and KL to the teacher before and after;
@@ -65,7 +65,7 @@ class TrainConfig:
     batch_size: int = opt(8, "Global batch: sequences per optimizer step over all processes and accumulation steps.", panel="optimizer")
     grad_accum: int = opt(1, "Micro-batches per process per step (micro-batch = batch_size / (processes × grad_accum)).", panel="optimizer")
     seq_len: int = opt(256, "Train on the first seq_len tokens of each sample as the score stage tokenized it (so at most its max_length).", panel="optimizer")
-    lr: float = opt(1e-4, "Peak learning rate (AdamW).", panel="optimizer")
+    lr: float | None = opt(None, "Peak learning rate (AdamW). Default by the student's scored gap to the teacher: 1e-4 for a student far from it (perplexity ratio >= 2, e.g. freshly pruned), 1e-5 for one already close (a trained student); printed before training.", panel="optimizer")
     min_lr_ratio: float = opt(0.1, "Cosine schedule ends at min_lr_ratio × lr.", panel="optimizer")
     warmup_fraction: float = opt(0.05, "Linear warmup over this fraction of the run (of each stage with restart_optimizer).", panel="optimizer")
     weight_decay: float = opt(0.0, "AdamW weight decay.", panel="optimizer")
@@ -75,9 +75,18 @@ class TrainConfig:
     ddk_interval: int | None = opt(None, "DDK re-measurement interval K in steps (default: the plan's).", panel="mixture")
     ddk_alpha: float | None = opt(None, "DDK Eq. 2 smoothing α (default: the plan's).", panel="mixture")
     ddk_smoothing: bool | None = opt(None, "DDK factor smoothing (default: the plan's); false re-applies Eq. 1.", panel="mixture")
+    ddk_factor: Literal["ratio", "log-ratio"] | None = opt(None, "DDK factor of the re-weighting: ratio (the paper's Eq. 2, ψ = r·exp(ppl_S/ppl_T)) or log-ratio (ψ = r·(ppl_S/ppl_T)^(1/τ)) (default: the plan's).", panel="mixture")
+    ddk_tau: float | None = opt(None, "Temperature τ > 0 of the log-ratio factor (default: the plan's; unused by ratio).", panel="mixture")
     heldout_docs: int | None = opt(None, "Use at most this many held-out documents per domain for DDK and the before/after report.", panel="held-out")
+    on_policy: float = opt(0.0, "On-policy share λ (GKD's lmbda): this share of steps trains on the student's own answers, scored by the online teacher; 0 = off-policy only, 1 = every step.", panel="on-policy")
+    gen_max_new_tokens: int = opt(64, "On-policy: new tokens the student generates per prompt (prompt + these must fit seq_len).", panel="on-policy")
+    gen_temperature: float = opt(1.0, "On-policy: sampling temperature of the student's answers (0 = greedy).", panel="on-policy")
+    gen_top_p: float = opt(1.0, "On-policy: nucleus top-p of the student's answers (1 = off).", panel="on-policy")
+    prefix_tokens: int | None = opt(None, "On-policy on plain text: the student continues the first N tokens of each document (prompt/response data uses the prompt).", panel="on-policy")
     eval_heldout: bool = opt(True, "Measure held-out perplexity and KL to the teacher per domain before and after training.", panel="held-out")
     eval_batch_size: int = opt(8, "Sequences per batch in held-out measurements.", panel="held-out")
+    early_check: int = opt(10, "After this many steps, re-measure the held-out 'before' rows and warn if the KL to the teacher (else the student NLL) rose: the student may already be trained (0: off; needs eval_heldout; a shorter run compares before and after).", panel="held-out")
+    early_check_stop: bool = opt(False, "Stop the run (exit 1, checkpoint kept) when the early held-out check finds a rise.", panel="held-out")
     seed: int = opt(0, "Seed for sampling, initialisation of anything random, and dropout.", panel="optimizer")
     save_every: int = opt(100, "Checkpoint every N steps (0: only at the end).", panel="output")
     keep_checkpoints: int = opt(1, "Keep the newest N checkpoints.", panel="output")
@@ -97,7 +106,7 @@ class TrainConfig:
             problems.append("seq_len must be >= 2")
         if self.steps is not None and self.steps < 1:
             problems.append(f"steps must be >= 1, got {self.steps}")
-        if not self.lr > 0:
+        if self.lr is not None and not self.lr > 0:
             problems.append(f"lr must be > 0, got {self.lr}")
         for n in ("min_lr_ratio", "warmup_fraction", "jsd_beta", "skew_alpha", "akl_mu"):
             if not 0.0 <= getattr(self, n) <= 1.0:
@@ -112,15 +121,54 @@ class TrainConfig:
             problems.append(f"ddk_interval must be >= 1, got {self.ddk_interval}")
         if self.ddk_alpha is not None and not 0.0 <= self.ddk_alpha <= 1.0:
             problems.append(f"ddk_alpha must be in [0, 1], got {self.ddk_alpha}")
+        if self.ddk_tau is not None and not self.ddk_tau > 0:
+            problems.append(f"ddk_tau must be > 0, got {self.ddk_tau} (1 = weights proportional to the perplexity ratio)")
+        elif self.ddk_factor == "ratio" and self.ddk_tau not in (None, 1.0):
+            problems.append(f"ddk_tau = {self.ddk_tau} applies only to ddk_factor = 'log-ratio' (the paper's ratio factor has "
+                            "no temperature): use --ddk-factor log-ratio or drop --ddk-tau")
         if self.save_every < 0 or self.max_grad_norm < 0 or self.weight_decay < 0:
             problems.append("save_every, max_grad_norm and weight_decay must be >= 0")
         if self.heldout_docs is not None and self.heldout_docs < 1:
             problems.append(f"heldout_docs must be >= 1 or unset, got {self.heldout_docs}")
+        if self.early_check < 0:
+            problems.append(f"early_check must be >= 0 (steps before the held-out check; 0 = off), got {self.early_check}")
+        elif self.early_check_stop and not (self.early_check and self.eval_heldout):
+            problems.append("early_check_stop needs the early held-out check: early_check >= 1 and eval_heldout = true "
+                            f"(got early_check = {self.early_check}, eval_heldout = {str(self.eval_heldout).lower()})")
+        problems += self._on_policy_problems()
+        return problems
+
+    def _on_policy_problems(self) -> list[str]:
+        if not 0.0 <= self.on_policy <= 1.0:
+            return [f"on_policy must be in [0, 1] (the share of on-policy steps), got {self.on_policy}"]
+        problems = []
+        if self.gen_max_new_tokens < 1 or self.gen_temperature < 0 or not 0.0 < self.gen_top_p <= 1.0:
+            problems.append("need gen_max_new_tokens >= 1, gen_temperature >= 0 and 0 < gen_top_p <= 1, got "
+                            f"{self.gen_max_new_tokens}, {self.gen_temperature}, {self.gen_top_p}")
+        if self.prefix_tokens is not None and self.prefix_tokens < 1:
+            problems.append(f"prefix_tokens must be >= 1 or unset, got {self.prefix_tokens}")
+        if self.on_policy == 0 or problems:
+            return problems
+        if self.gen_max_new_tokens >= self.seq_len:
+            problems.append(f"gen_max_new_tokens ({self.gen_max_new_tokens}) must be below seq_len ({self.seq_len}) to leave "
+                            "room for the prompt: lower --gen-max-new-tokens or raise --seq-len")
+        elif self.prefix_tokens is not None and self.prefix_tokens + self.gen_max_new_tokens > self.seq_len:
+            problems.append(f"prefix_tokens + gen_max_new_tokens ({self.prefix_tokens} + {self.gen_max_new_tokens}) must fit "
+                            f"seq_len ({self.seq_len}): lower one of them or raise --seq-len")
+        if self.teacher_mode == "offline":
+            problems.append("on_policy > 0 needs teacher_mode = 'online': stored top-k cannot score the student's own "
+                            "samples; use --teacher-mode online or on_policy = 0")
+        if self.strategy == "fsdp2":
+            problems.append("on_policy > 0 runs with strategy = 'ddp' (FSDP2 would need every rank to generate in "
+                            "lockstep); use --strategy ddp")
         return problems
 
 
-# Keys that change neither the result nor its identity: where it goes and how it is displayed/saved.
-_NOT_IDENTITY = ("out", "save_every", "keep_checkpoints", "log_every", "tensorboard")
+# Keys that change neither the result nor its identity: where it goes and how it is displayed/saved/watched.
+_NOT_IDENTITY = ("out", "save_every", "keep_checkpoints", "log_every", "tensorboard", "early_check", "early_check_stop")
+# Generation settings change nothing while on_policy = 0: left out of the identity then, so off-policy
+# artifacts made before these options existed are still recognised as complete.
+_ON_POLICY_KEYS = ("on_policy", "gen_max_new_tokens", "gen_temperature", "gen_top_p", "prefix_tokens")
 
 
 def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> StageResult:
@@ -180,7 +228,9 @@ def _open_output(cfg: TrainConfig, inputs: Inputs, dist: DistInfo, resume: bool,
     """("done" | "fresh" | "resumed", rank 0's writer): rank 0 owns the output; the others learn what it found."""
     from distillkit.training import distributed as D
 
-    ident = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IDENTITY} | inputs.identity
+    skip = _NOT_IDENTITY + (_ON_POLICY_KEYS if cfg.on_policy == 0 else ())
+    unset = ("ddk_factor", "ddk_tau")  # None = the plan's, which the plan's hash already covers
+    ident = {k: v for k, v in to_dict(cfg).items() if k not in skip and not (k in unset and v is None)} | inputs.identity
     writer, found = None, None
     if dist.is_main:
         from distillkit.artifacts import ArtifactWriter
@@ -230,6 +280,27 @@ def prepare(cfg: TrainConfig, dist: DistInfo) -> Inputs:
     if sc.get("data_fingerprint") and ds.fingerprint != sc["data_fingerprint"]:
         raise DataError(f"the data at {data_path} changed since it was scored into {scores.path} (fingerprint "
                         f"{ds.fingerprint[:12]} vs {sc['data_fingerprint'][:12]}); rescore it and rebuild the plan")
+
+    if cfg.on_policy > 0 and ds.format == "text" and cfg.prefix_tokens is None:
+        from distillkit.errors import ConfigError
+
+        raise ConfigError("on_policy > 0 on plain-text data needs --prefix-tokens N: the student continues the first N "
+                          "tokens of each document")
+
+    if cfg.teacher_mode == "offline" and scores.files("sampled/"):  # score --teacher-store sampled: fkl / skl at T = 1
+        from distillkit.errors import ConfigError
+        from distillkit.losses.sparse import sampled_problem
+        from distillkit.training.schedule import plan_stages
+
+        run_stages = plan_stages(schedule, cfg.batch_size, cfg.steps, cfg.temperature, cfg.kd_weight)
+        if problem := sampled_problem(cfg.loss, [st.temperature for st in run_stages]):
+            raise ConfigError(problem)
+
+    if (cfg.ddk_factor or schedule.mixture.factor) == "ratio" and cfg.ddk_tau not in (None, 1.0):
+        from distillkit.errors import ConfigError
+
+        raise ConfigError(f"ddk_tau = {cfg.ddk_tau} applies only to the log-ratio factor, and {plan.path} uses the paper's "
+                          "ratio factor: add --ddk-factor log-ratio or drop --ddk-tau")
 
     # Models: a tokenizer or vocabulary mismatch is refused here, before any training.
     teacher_dir, student_dir = resolve_model(cfg.teacher, role="teacher"), resolve_model(cfg.student, role="student")
@@ -290,7 +361,7 @@ def prepare(cfg: TrainConfig, dist: DistInfo) -> Inputs:
                   seqs=seqs, domain_codes=codes, stages=cur.column("stage").to_numpy().astype(np.int64),
                   domains=domains, plan_weights=mix.column("weight").to_numpy(), teacher_ppl=mix.column("teacher_ppl").to_numpy(),
                   student_ppl=mix.column("student_ppl").to_numpy(), heldout_rows=heldout_rows, heldout_source=source, topk=topk,
-                  pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0, identity=identity)
+                  pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0, identity=identity, data_format=ds.format)
 
 
 def _check_head(model, role: str) -> None:
@@ -346,7 +417,22 @@ def make_settings(cfg: TrainConfig, inputs: Inputs, dist: DistInfo, partial: Pat
         save_every=cfg.save_every, keep_checkpoints=cfg.keep_checkpoints, log_every=cfg.log_every,
         eval_batch_size=cfg.eval_batch_size, record_batches=cfg.record_batches, strategy=cfg.strategy,
         checkpoint_root=partial / "checkpoints", tensorboard_dir=str(partial / "tensorboard") if cfg.tensorboard else None,
+        on_policy=_on_policy(cfg, inputs),
+        early_check=cfg.early_check if cfg.eval_heldout else 0, early_check_stop=cfg.early_check_stop,
     )
+
+
+def _on_policy(cfg: TrainConfig, inputs: Inputs):
+    """The on-policy generation settings, or None for an off-policy run."""
+    if cfg.on_policy == 0:
+        return None
+    from distillkit.evaluation.generation import eos_ids
+    from distillkit.training.onpolicy import OnPolicy
+
+    return OnPolicy(fraction=cfg.on_policy, max_new_tokens=cfg.gen_max_new_tokens, temperature=cfg.gen_temperature,
+                    top_p=cfg.gen_top_p, prompt_from="prefix" if inputs.data_format == "text" else "prompt",
+                    prefix_tokens=cfg.prefix_tokens or 0, seq_len=cfg.seq_len, seed=cfg.seed, pad_id=inputs.pad_id,
+                    eos_ids=tuple(eos_ids(inputs.student, inputs.tokenizer)))
 
 
 def make_components(cfg: TrainConfig, inputs: Inputs, settings: Settings, dist: DistInfo) -> Components:
@@ -355,13 +441,18 @@ def make_components(cfg: TrainConfig, inputs: Inputs, settings: Settings, dist: 
     from distillkit.training import distributed as D
     from distillkit.training.loop import Components, Corpus
     from distillkit.training.schedule import LRSchedule, plan_stages
-    from distillkit.training.setup import adamw
+    from distillkit.training.setup import adamw, lr_choice
     from distillkit.training.student import StudentLoss, teacher_sources
 
     stages = tuple(plan_stages(inputs.schedule, cfg.batch_size, cfg.steps, cfg.temperature, cfg.kd_weight))
-    lr = LRSchedule(cfg.lr, stages, cfg.warmup_fraction, cfg.min_lr_ratio, settings.restart_optimizer)
+    peak, why = lr_choice(cfg.lr, inputs.student_ppl, inputs.teacher_ppl)
+    if dist.is_main:
+        from distillkit.progress import console
+
+        console.print(f"train: lr {why}", highlight=False)
+    lr = LRSchedule(peak, stages, cfg.warmup_fraction, cfg.min_lr_ratio, settings.restart_optimizer)
     spec = LossSpec(cfg.loss, _divergence_params(cfg), cfg.loss_form, cfg.loss_impl, inputs.vocab_size, cfg.chunk_size,
-                    cfg.sparse_tail)
+                    cfg.sparse_tail, store=inputs.topk.store if inputs.topk is not None else "topk")
     model = D.wrap(StudentLoss(inputs.student, spec), dist, cfg.strategy)
     teacher, eval_teacher = teacher_sources(inputs.teacher, cfg.loss_impl)
     return Components(model=model, teacher=teacher, eval_teacher=eval_teacher,
@@ -380,7 +471,8 @@ def initial_state(cfg: TrainConfig, inputs: Inputs) -> TrainState:
     mixer = DomainMixer.create(cfg.mixture, inputs.domains, inputs.plan_weights, inputs.teacher_ppl, inputs.student_ppl,
                                interval=cfg.ddk_interval or mix.interval,
                                alpha=mix.alpha if cfg.ddk_alpha is None else cfg.ddk_alpha,
-                               smoothing=mix.smoothing if cfg.ddk_smoothing is None else cfg.ddk_smoothing)
+                               smoothing=mix.smoothing if cfg.ddk_smoothing is None else cfg.ddk_smoothing,
+                               factor=cfg.ddk_factor or mix.factor, tau=mix.tau if cfg.ddk_tau is None else cfg.ddk_tau)
     sampler = CurriculumSampler(inputs.domain_codes, inputs.stages, mixer.weights, cfg.seed)
     taid = TaidSchedule(cfg.taid_t_start, cfg.taid_t_end) if cfg.loss == "taid" else None
     return TrainState(sampler=sampler, mixer=mixer, taid=taid)
@@ -400,7 +492,7 @@ def finish(cfg: TrainConfig, inputs: Inputs, parts: Components, settings: Settin
 
     from distillkit.training import distributed as D
     from distillkit.training.monitor import metrics_table
-    from distillkit.training.setup import heldout_report
+    from distillkit.training.setup import heldout_report, lr_choice
 
     dist = parts.dist
     after = heldout_report(parts, settings, state, inputs.with_kl) if cfg.eval_heldout else None
@@ -450,13 +542,28 @@ def finish(cfg: TrainConfig, inputs: Inputs, parts: Components, settings: Settin
     }
     if before is not None and after is not None:
         figures["heldout"] = {k: {"before": before[k], "after": after[k]} for k in ("overall_student_ppl", "overall_kl") if k in after}
+        check = before.get("early_check")  # the loop's early held-out check, carried by the checkpoints
+        if check is None and settings.early_check:  # a run no longer than early_check: its after-report is the check
+            from distillkit.training.early_check import compare, message
+
+            check = compare(before, after, state.mixer.domains, state.step)
+            if check["rose"]:
+                console.print(f"[yellow]warning[/]: {message(check, parts.lr.base_lr)}", highlight=False)
+        if check is not None:
+            figures["early_check"] = check
     mixer = state.mixer
     extra = {"train": {"stages": [_stage_dict(s) for s in parts.stages],
                        "total_steps": parts.total_steps, "restart_optimizer": settings.restart_optimizer,
                        "mixture": {"mode": mixer.mode, "interval": mixer.interval, "alpha": mixer.alpha, "smoothing": mixer.smoothing},
                        "loss": {"kind": cfg.loss, "form": cfg.loss_form, "impl": cfg.loss_impl, "params": parts.loss.params,
                                 "teacher_mode": cfg.teacher_mode, "vocab_size": inputs.vocab_size},
-                       "plan": str(inputs.plan.path), "scores": str(inputs.scores.path)}}
+                       "plan": str(inputs.plan.path), "scores": str(inputs.scores.path),
+                       "lr": {"peak": parts.lr.base_lr, "why": lr_choice(cfg.lr, inputs.student_ppl, inputs.teacher_ppl)[1]}}}
+    if settings.on_policy is not None:
+        op = settings.on_policy
+        extra["train"]["on_policy"] = {"fraction": op.fraction, "max_new_tokens": op.max_new_tokens, "temperature": op.temperature,
+                                       "top_p": op.top_p, "prompt_from": op.prompt_from, "prefix_tokens": op.prefix_tokens,
+                                       "steps": int(sum(bool(r.get("on_policy")) for r in m))}
     writer.finish(figures, extra=extra)
     console.print(f"[green]wrote[/] {cfg.out}")
 

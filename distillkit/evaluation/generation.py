@@ -10,7 +10,7 @@ chat template): the same text the model was scored and trained on.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -29,8 +29,10 @@ def sample_answers(
     batch_size: int = 16,
     pad_id: int = 0,
     eos_ids: Sequence[int] = (),
+    keep_eos: bool = False,
+    on_batch: Callable[[int], None] | None = None,
 ) -> list[list[int]]:
-    """New tokens per prompt (cut at the first EOS); left-padded batches, longest first.
+    """New tokens per prompt, cut at the first EOS (kept with `keep_eos`); left-padded batches, longest first.
 
     Each batch reseeds torch with (seed, batch index), so a run is reproducible for a given batch size.
     """
@@ -57,8 +59,10 @@ def sample_answers(
                                  pad_token_id=pad_id, **kwargs)
         for r, i in enumerate(batch):
             new = gen[r, width:].tolist()
-            cut = next((j for j, t in enumerate(new) if t in eos), len(new))
+            cut = next((j + keep_eos for j, t in enumerate(new) if t in eos), len(new))
             results[i] = new[:cut]
+        if on_batch is not None:
+            on_batch(len(batch))  # e.g. a progress bar's advance
     return results
 
 
@@ -72,6 +76,7 @@ def rouge_runs(
     temperature: float = 1.0,
     top_p: float = 1.0,
     batch_size: int = 16,
+    on_batch: Callable[[int], None] | None = None,
 ) -> pa.Table:
     """One row per (seed, sample): the decoded answer and its ROUGE-L F against the reference response."""
     from distillkit.difficulty import rouge_l
@@ -79,12 +84,12 @@ def rouge_runs(
     if samples.responses is None:
         raise ValueError("rouge_runs needs prompt/response samples")
     prompts = [ids[:st] for ids, st in zip(samples.ids, samples.target_start)]
-    eos = _eos_ids(model, tokenizer)
+    eos = eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (min(eos) if eos else 0)
     cols: dict[str, list] = {k: [] for k in GENERATION_COLUMNS}
     for seed in (seeds if temperature > 0 else seeds[:1]):
         gen = sample_answers(model, prompts, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature,
-                             top_p=top_p, batch_size=batch_size, pad_id=pad, eos_ids=eos)
+                             top_p=top_p, batch_size=batch_size, pad_id=pad, eos_ids=eos, on_batch=on_batch)
         preds = tokenizer.batch_decode(gen, skip_special_tokens=True)
         cols["seed"] += [seed] * len(preds)
         cols["sample_id"] += list(samples.sample_id)
@@ -108,7 +113,7 @@ def summarize(runs: pa.Table) -> dict:
     }
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
+def eos_ids(model, tokenizer) -> list[int]:
     ids: set[int] = set()
     for src in (getattr(model, "generation_config", None), getattr(model, "config", None)):
         e = getattr(src, "eos_token_id", None) if src is not None else None

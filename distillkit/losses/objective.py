@@ -6,7 +6,9 @@ TAID's t change. The teacher is whatever the run's teacher source gives for a ba
 
 - `LinearHead` of the teacher's hidden states (online, chunked): logits a chunk at a time;
 - full teacher logits [B, L, V_t] (online, plain);
-- `TopKTeacher` of stored ids and log-probs (offline, either path).
+- `TopKTeacher` of stored ids and log-probs (offline, either path): the teacher's top-k, or with
+  ``LossSpec.store = "sampled"`` its sampled tokens (ids drawn from the T = 1 teacher, each with its log p;
+  `distillkit.losses.sparse.sampled_kd_loss`: unbiased fkl / skl only, T = 1 only).
 
 The student is always a `LinearHead` (its hidden states and LM head): the chunked path never builds
 its full logits, the plain path does (for comparison and small vocabularies). Both give the same
@@ -27,7 +29,15 @@ from torch import Tensor
 from distillkit.losses.dense import kd_loss
 from distillkit.losses.divergences import check_temperature, resolve_params
 from distillkit.losses.fused import LinearHead, TeacherLogitsFn, chunked_kd_ce_objective, chunked_kd_loss, fused_head_objective
-from distillkit.losses.sparse import TailMode, sparse_kd_loss, sparse_rows
+from distillkit.losses.sparse import (
+    TailMode,
+    check_sampled,
+    sampled_kd_loss,
+    sampled_teacher_grad,
+    sampled_teacher_rows,
+    sparse_kd_loss,
+    sparse_rows,
+)
 
 IGNORE_INDEX = -100
 TAIL_FLOOR = 1e-6  # sparse_kd_loss's default: both paths floor the tail bucket alike
@@ -44,6 +54,7 @@ class LossSpec:
     vocab_size: int
     chunk_size: int = 1024
     tail: TailMode = "bucket"  # offline top-k tail handling
+    store: Literal["topk", "sampled"] = "topk"  # what a TopKTeacher holds: the top-k, or tokens sampled from the teacher
 
     def weights(self, lam: float) -> tuple[float, float]:
         """(w_kd, w_ce) of the step's objective w_kd·KD + w_ce·CE at KD weight λ."""
@@ -62,35 +73,48 @@ Teacher = LinearHead | TeacherLogitsFn | Tensor | TopKTeacher
 
 
 def objective(spec: LossSpec, student: LinearHead, labels: Tensor, teacher: Teacher, *, temperature: float = 1.0,
-              kd_weight: float = 1.0, params: dict[str, float] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+              kd_weight: float = 1.0, params: dict[str, float] | None = None,
+              ce_weight: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """(objective, kd, ce) of one micro-batch: token means over positions with a label.
 
     objective = w_kd·kd + w_ce·ce for ``spec.weights(kd_weight)``; on the chunked path it is the
     only output with a gradient. KD and CE both count the positions whose label is not -100.
-    ``params`` adds per-step divergence parameters (TAID's t) to ``spec.params``.
+    ``params`` adds per-step divergence parameters (TAID's t) to ``spec.params``; ``ce_weight``
+    replaces w_ce (0 for on-policy batches: the divergence alone).
     """
     if teacher is None:
         raise ValueError("objective needs a teacher: a LinearHead or logits (online) or a TopKTeacher (offline)")
     s, vocab = spec, spec.vocab_size
     mask = labels != IGNORE_INDEX
     params, weights = {**s.params, **(params or {})}, s.weights(kd_weight)
+    if ce_weight is not None:
+        weights = (weights[0], ce_weight)
     hidden, weight, bias = student.hidden, student.weight, student.bias
     if s.impl == "chunked" and not isinstance(teacher, TopKTeacher):
         return chunked_kd_ce_objective(hidden, weight, teacher, mask, labels, s.kind, weights=weights,
                                        student_bias=bias, vocab_size=vocab, temperature=temperature,
                                        chunk_size=s.chunk_size, **params)
+    sampled = isinstance(teacher, TopKTeacher) and s.store == "sampled"
     if s.impl == "chunked":  # sparse KD rows and CE from the same logits chunks
         p, t = resolve_params(s.kind, params), check_temperature(temperature)
         ids = teacher.ids.reshape(-1, teacher.ids.shape[-1])
         lps = teacher.logprobs.reshape(-1, ids.shape[-1])
-
-        def rows(z: Tensor, pos: Tensor) -> Tensor:
-            return sparse_rows(z, ids[pos], lps[pos], s.kind, t, p, s.tail, TAIL_FLOOR)
+        rows_grad = None
+        if sampled:
+            check_sampled(s.kind, t)
+            rows, rows_grad = sampled_teacher_rows(ids, lps, s.kind, p), sampled_teacher_grad(ids, lps, s.kind)
+        else:
+            def rows(z: Tensor, pos: Tensor) -> Tensor:
+                return sparse_rows(z, ids[pos], lps[pos], s.kind, t, p, s.tail, TAIL_FLOOR)
 
         return fused_head_objective(hidden.reshape(-1, hidden.shape[-1]), weight, bias, mask.reshape(-1), rows,
-                                    weights=weights, vocab_size=vocab, chunk_size=s.chunk_size, labels=labels.reshape(-1))
+                                    weights=weights, vocab_size=vocab, chunk_size=s.chunk_size, labels=labels.reshape(-1),
+                                    kd_rows_grad=rows_grad)
     logits = F.linear(hidden, weight, bias)  # the plain path: full student logits
-    if isinstance(teacher, TopKTeacher):
+    if sampled:
+        kd = sampled_kd_loss(logits, teacher.ids, teacher.logprobs, mask, s.kind, temperature=temperature,
+                             vocab_size=vocab, **params)
+    elif isinstance(teacher, TopKTeacher):
         kd = sparse_kd_loss(logits, teacher.ids, teacher.logprobs, mask, s.kind, temperature=temperature,
                             tail=s.tail, vocab_size=vocab, **params)
     else:
@@ -120,7 +144,9 @@ def heldout_sums(spec: LossSpec, student: LinearHead, labels: Tensor,
     kl = torch.zeros((), dtype=torch.float64, device=hidden.device)
     if teacher is not None and pos.numel():
         mask = labels != IGNORE_INDEX
-        if isinstance(teacher, TopKTeacher):
+        if isinstance(teacher, TopKTeacher) and spec.store == "sampled":  # the unbiased estimate of forward KL
+            mean = sampled_kd_loss(student, teacher.ids, teacher.logprobs, mask, "fkl", vocab_size=vocab, chunk_size=chunk)
+        elif isinstance(teacher, TopKTeacher):
             mean = sparse_kd_loss(student, teacher.ids, teacher.logprobs, mask, "fkl", tail=spec.tail, vocab_size=vocab,
                                   chunk_size=chunk)
         else:

@@ -29,6 +29,23 @@ multiplied by T², as in the dense losses.
 With k = V (every id stored), both modes equal the dense loss (up to the floor in
 "bucket" mode, a relative 1e-6). All eight divergences are defined on the support;
 AKL's head/tail split and TAID's interpolation then act on the k (+1) entries.
+
+Sampled teachers (`sampled_kd_loss`, ``score --teacher-store sampled``, `distillkit.sampled`): per
+position n tokens x_1..x_n drawn from the teacher's T = 1 distribution p, with log p(x_j). The loss is
+the sample mean (1/n)·Σ_j f(x_j) of a function whose expectation under p is the divergence, so value and
+gradient are unbiased; only divergences that are such an expectation qualify (`SAMPLED_KINDS`):
+
+- fkl: KL(p‖q) = E_p[log p − log q];
+- skl: KL(p ‖ αp + (1−α)q) = E_p[log p − log(α·p + (1−α)·q)] (needs p only at the drawn token; the
+  term is at most −log α, so its variance is bounded).
+
+Refused: rkl, srkl, jsd and tvd are expectations under q (or need |p − q| at every token): the plug-in
+divergence on the drawn support is biased, and the importance-weighted rewrite E_p[f(q/p)] is unbiased
+but its weight q/p is unbounded exactly where these losses act (student mass on tokens the teacher
+rarely emits, which n draws almost never contain). akl needs the teacher's head/tail split of the whole
+vocabulary, taid the normaliser of softmax((1−t)·z_S + t·z_T) over it. T ≠ 1 is refused as well: the
+tempered teacher p^(1/T)/Z_T needs Z_T = Σ p^(1/T) over the whole vocabulary, and self-normalised
+importance weights are biased.
 """
 
 from __future__ import annotations
@@ -40,7 +57,7 @@ import torch
 from torch import Tensor
 
 from distillkit.losses.dense import common_vocab, flat_mask
-from distillkit.losses.divergences import LOG_ZERO, Divergence, check_temperature, divergence_rows, resolve_params
+from distillkit.losses.divergences import LOG_ZERO, Divergence, _log_mix, check_temperature, divergence_rows, resolve_params
 from distillkit.losses.fused import LinearHead, fused_head_losses
 
 TailMode = Literal["bucket", "renorm"]
@@ -186,3 +203,117 @@ def _check_topk(ids: Tensor, lps: Tensor, vocab: int, tail: str) -> None:
                 f"topk_logprobs sum to {mass:.3f} > 1 at some position: pass log-probabilities "
                 "(log_softmax over the full vocabulary), not logits, or use tail='renorm'"
             )
+
+
+# ---------------------------------------------------------------- sampled teachers
+
+SAMPLED_KINDS: tuple[str, ...] = ("fkl", "skl")
+
+
+def sampled_problem(kind: str, temperatures=(1.0,)) -> str | None:
+    """Why a sampled teacher cannot train `kind` at these temperatures, in one line; None when it can."""
+    if kind not in SAMPLED_KINDS:
+        return (f"loss {kind!r} has no unbiased estimate from the teacher's sampled tokens (they estimate expectations "
+                f"under the teacher only): with a sampled teacher store use --loss {' or '.join(SAMPLED_KINDS)}, or rescore "
+                "with --teacher-store topk")
+    other = sorted({float(t) for t in temperatures} - {1.0})
+    if other:
+        return (f"the sampled teacher store holds draws from the T = 1 teacher, but training asks for T = "
+                f"{', '.join(f'{t:g}' for t in other)}: set --temperature 1, or rescore with --teacher-store topk")
+    return None
+
+
+def sampled_rows(student_logits: Tensor, sample_ids: Tensor, sample_logprobs: Tensor, kind: str,
+                 params: dict[str, float]) -> Tensor:
+    """[n, V] student logits, [n, s] drawn ids and the teacher's log p of each -> [n] fp32 estimates.
+
+    Each of the s draws has weight 1/s (a token drawn twice appears twice)."""
+    z = student_logits.float()
+    log_q = z.gather(1, sample_ids.long()) - torch.logsumexp(z, dim=1, keepdim=True)
+    lp = sample_logprobs.detach().float()
+    if kind == "fkl":
+        return (lp - log_q).mean(1)
+    return (lp - _log_mix(lp, log_q, params["alpha"])).mean(1)
+
+
+@torch.no_grad()
+def sampled_fkl_rows_and_grad(student_logits: Tensor, sample_ids: Tensor, sample_logprobs: Tensor) -> tuple[Tensor, Tensor]:
+    """`sampled_rows(..., "fkl")` with its logit gradient in closed form: softmax(z) − (1/s)·Σ_j e_{x_j}."""
+    z = student_logits.float()
+    lse = torch.logsumexp(z, dim=1, keepdim=True)
+    ids = sample_ids.long()
+    rows = (sample_logprobs.float() - (z.gather(1, ids) - lse)).mean(1)
+    grad = z.sub(lse).exp_()
+    grad.scatter_add_(1, ids, torch.full(ids.shape, -1.0 / ids.shape[1], dtype=grad.dtype, device=grad.device))
+    return rows, grad
+
+
+def check_sampled(kind: str, temperature: float) -> None:
+    """ValueError (one line) unless a sampled teacher gives an unbiased `kind` at `temperature`."""
+    problem = sampled_problem(kind, (temperature,))
+    if problem:
+        raise ValueError(problem)
+
+
+def sampled_kd_loss(
+    student: Tensor | LinearHead,
+    sample_ids: Tensor,
+    sample_logprobs: Tensor,
+    mask: Tensor | None = None,
+    kind: Divergence = "fkl",
+    *,
+    temperature: float = 1.0,
+    vocab_size: int | None = None,
+    chunk_size: int = 1024,
+    **params: float,
+) -> Tensor:
+    """Unbiased estimate of the divergence from a sampled teacher; mean over unmasked positions.
+
+    Args:
+        student: logits [B, L, V_s] (plain path) or LinearHead(hidden, weight, bias) (chunked, fused).
+        sample_ids: [B, L, s] ids drawn from the teacher's T = 1 distribution (repeats allowed: a token
+            drawn c times appears c times), in [0, vocab_size).
+        sample_logprobs: [B, L, s] the teacher's log-probability (full vocabulary, T = 1) of each draw.
+        mask: [B, L] positions in the mean (None = all).
+        kind: "fkl" or "skl" (`SAMPLED_KINDS`; the others raise ValueError, see the module doc).
+        temperature: must be 1 (the draws are from the T = 1 teacher).
+        vocab_size, chunk_size: as in `sparse_kd_loss`.
+    """
+    params_ = resolve_params(kind, params)
+    check_sampled(kind, check_temperature(temperature))
+    fused = isinstance(student, LinearHead)
+    lead = tuple((student.hidden if fused else student).shape[:-1])
+    vocab = common_vocab(student.weight.shape[0] if fused else student.shape[-1], None, vocab_size)
+    if sample_ids.shape != sample_logprobs.shape or tuple(sample_ids.shape[:-1]) != lead:
+        raise ValueError(f"sample_ids {tuple(sample_ids.shape)} and sample_logprobs {tuple(sample_logprobs.shape)} must both "
+                         f"be {lead} + (s,) to match the student's positions")
+    if sample_ids.dtype.is_floating_point or sample_ids.dtype == torch.bool:
+        raise ValueError(f"sample_ids must be an integer tensor, got {sample_ids.dtype}")
+    device = (student.hidden if fused else student).device
+    keep = flat_mask(mask, lead, device)
+    s = sample_ids.shape[-1]
+    ids = sample_ids.reshape(-1, s).to(device)
+    lps = sample_logprobs.reshape(-1, s).to(device)
+    kept = ids[keep]
+    if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= vocab):
+        raise ValueError(f"sample_ids must be in [0, {vocab}) (vocab_size), found {int(kept.min())}..{int(kept.max())}")
+    if fused:
+        hidden = student.hidden.reshape(-1, student.hidden.shape[-1])
+        kd, _ = fused_head_losses(hidden, student.weight, student.bias, keep, sampled_teacher_rows(ids, lps, kind, params_),
+                                  vocab_size=vocab, chunk_size=chunk_size, kd_rows_grad=sampled_teacher_grad(ids, lps, kind))
+        return kd
+    logits = student.reshape(-1, student.shape[-1])[keep, :vocab]
+    return sampled_rows(logits, kept, lps[keep], kind, params_).sum() / max(int(keep.sum()), 1)
+
+
+def sampled_teacher_rows(ids: Tensor, lps: Tensor, kind: str, params: dict[str, float]):
+    """The fused path's per-chunk rows (student logits [c, V], flat positions [c]) -> [c] of a sampled teacher
+    whose flat [N, s] draws are `ids` and `lps`."""
+    return lambda z, pos: sampled_rows(z, ids[pos], lps[pos], kind, params)
+
+
+def sampled_teacher_grad(ids: Tensor, lps: Tensor, kind: str):
+    """The closed-form (rows, d rows / d logits) for fkl, else None (autograd per chunk)."""
+    if kind != "fkl":
+        return None
+    return lambda z, pos: sampled_fkl_rows_and_grad(z, ids[pos], lps[pos])

@@ -7,7 +7,9 @@ from both CE and KD.
 
 Offline teachers (`TopKStore`): the score stage's ``topk/part-*.arrow`` rows, where row t of a
 sample holds the teacher's top-k for the distribution predicting ``token_ids[t+1]`` -- exactly the
-batch position t, so stored rows line up with the labels without any shifting.
+batch position t, so stored rows line up with the labels without any shifting. A score artifact made
+with ``--teacher-store sampled`` holds ``sampled/part-*.arrow`` instead (`distillkit.sampled`): the same
+store reads them, and a row is then the position's n draws from the teacher with their log-probs.
 """
 
 from __future__ import annotations
@@ -74,23 +76,32 @@ class TopKStore:
     the top-k of the samples a batch needs, a record batch at a time (a few cached), so memory stays
     at a few record batches however large the artifact. Ids come back as int64, log-probs as
     dequantised fp32 (`distillkit.topk.decode`); schema-1 float16 parts read too.
+
+    `store` says what the artifact holds: "topk", or "sampled" (``score --teacher-store sampled``), whose
+    rows are each position's k = n draws (ids repeated by their counts) with the teacher's log-probs; the
+    loss must then be told (`LossSpec.store`).
     """
 
     def __init__(self, score_dir, seqs: Sequences, max_length: int, cache_batches: int = 16) -> None:
+        from distillkit import sampled
         from distillkit.artifacts import read_artifact
         from distillkit.errors import ArtifactError
         from distillkit.topk import PartReader, table_format
 
         art = read_artifact(score_dir, "score")
         parts = art.files("topk/")
+        self.store = "topk" if parts else "sampled"
         if not parts:
-            raise DataError(f"teacher_mode = 'offline' needs the teacher's top-k log-probs, but {art.path} has none: "
-                            "rescore with --top-k K (e.g. 32), or use teacher_mode = 'online'")
-        self.reader = PartReader([art.path / name for name in parts], cache_batches=cache_batches)
+            parts = art.files("sampled/")
+        if not parts:
+            raise DataError(f"teacher_mode = 'offline' needs the teacher's stored top-k or sampled tokens, but {art.path} has "
+                            "neither: rescore with --top-k K (e.g. 32) or --teacher-store sampled, or use teacher_mode = 'online'")
+        self.reader = PartReader([art.path / name for name in parts], cache_batches=cache_batches,
+                                 decode=sampled.decode_batch if self.store == "sampled" else None)
         want = {sid: i for i, sid in enumerate(seqs.sample_id)}
         self.where = np.full((len(seqs), 3), -1, dtype=np.int64)  # part, record batch, row
         self.num_rows = np.array([max(len(x) - 1, 0) for x in seqs.ids], dtype=np.int64)
-        self.k, self.max_id, self.formats = 0, -1, set()
+        self.k, self.max_id, self.formats, widths = 0, -1, set(), set()
         for p, name in enumerate(parts):
             try:
                 schema = self.reader.schema(p)
@@ -98,11 +109,15 @@ class TopKStore:
             except (pa.ArrowInvalid, OSError, KeyError) as e:
                 raise ArtifactError(f"{art.path / name} is not a readable top-k part ({e}); rescore with --overwrite") from e
             try:
-                fmt = table_format(schema)
-            except ValueError:
-                raise ArtifactError(f"{art.path / name} has no top-k log-prob column; rescore with --top-k K --overwrite") from None
+                if self.store == "sampled":
+                    fmt, self.k = "sampled", sampled.sample_count(schema)
+                else:
+                    fmt, self.k = table_format(schema), schema.field("topk_ids").type.value_type.list_size
+            except (ValueError, KeyError):
+                raise ArtifactError(f"{art.path / name} has no top-k log-prob column (or sample count); rescore with "
+                                    "--overwrite") from None
             self.formats.add(fmt)
-            self.k = schema.field("topk_ids").type.value_type.list_size
+            widths.add(self.k)
             used = False
             for b in range(f.num_record_batches):
                 batch = f.get_batch(b)
@@ -121,6 +136,9 @@ class TopKStore:
                     self.where[i] = (p, b, j)
             if used:
                 self.max_id = max(self.max_id, self._max_id(p, schema))
+        if len(widths) > 1:
+            raise ArtifactError(f"{art.path} mixes {'sample counts' if self.store == 'sampled' else 'top-k sizes'} "
+                                f"({', '.join(map(str, sorted(widths)))}) across its parts; rescore with --overwrite")
         if len(self.formats) > 1:
             raise ArtifactError(f"{art.path} mixes top-k formats ({', '.join(sorted(self.formats))}); rescore with --overwrite")
         missing = [seqs.sample_id[i] for i in np.flatnonzero(self.where[:, 0] < 0)]
@@ -130,6 +148,8 @@ class TopKStore:
 
     def _max_id(self, part: int, schema: pa.Schema) -> int:
         meta = schema.metadata or {}
+        if b"distillkit.sampled_max_id" in meta:
+            return int(meta[b"distillkit.sampled_max_id"])
         if b"distillkit.topk_max_id" in meta:
             return int(meta[b"distillkit.topk_max_id"])
         f = self.reader.open(part, ["topk_ids"])  # schema 1: scan the ids column, one record batch at a time
@@ -137,7 +157,8 @@ class TopKStore:
                     for b in range(f.num_record_batches)), default=-1)
 
     def rows(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Sample i's (ids [n, k] int64, log-probs [n, k] float32), n = len(seqs.ids[i]) − 1."""
+        """Sample i's (ids [n, k] int64, log-probs [n, k] float32), n = len(seqs.ids[i]) − 1 (sampled: k = the
+        draws per position, ascending, and each draw's teacher log-prob)."""
         p, b, j = (int(x) for x in self.where[i])
         off, ids, lp = self.reader.batch(p, b)
         a = int(off[j])

@@ -3,8 +3,10 @@
 Every K steps (``ddk_interval``) the student's perplexity on each domain's held-out slice (the
 score stage's "validation" rows) is measured; the teacher's comes from the scores (it is frozen).
 The domain factor is then updated with DDK Eq. 2 (`distillkit.mixture.ddk_update`; with
-``smoothing = false`` it is Eq. 1 on the new perplexities) and the sampler draws domains from the
-new weights. Every update is one row per domain in the run's history (-> ``mixture.arrow``).
+``smoothing = false`` it is Eq. 1 on the new perplexities), or with its large-gap variant when
+``factor = "log-ratio"`` (``ψ = r·ratio^(1/τ)``, `distillkit.mixture.log_ratio_update`), and the
+sampler draws domains from the new weights. Every update is one row per domain in the run's
+history (-> ``mixture.arrow``).
 
 `measure_heldout` is also the before/after report: student perplexity per domain and, with a
 teacher at hand, the student's KL(teacher || student) per target token.
@@ -14,11 +16,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence, get_args
 
 import numpy as np
 
-from distillkit.mixture import ddk_update
+from distillkit.choices import DDK_FACTOR, DDK_TAU, DdkFactor
+from distillkit.mixture import discrepancy_update
 
 if TYPE_CHECKING:
     from distillkit.training.batches import Sequences
@@ -40,13 +43,23 @@ class DomainMixer:
     alpha: float = 0.5
     smoothing: bool = True
     history: list[dict[str, Any]] = field(default_factory=list)
+    # Which factor the updates use and its temperature: settings of the run (like alpha), not state,
+    # so checkpoints hold the same keys as before the variant existed.
+    factor: DdkFactor = DDK_FACTOR
+    tau: float = DDK_TAU
 
     @classmethod
     def create(cls, mode: MixtureMode, domains: list[str], plan_weights: Sequence[float], teacher_ppl: Sequence[float],
-               student_ppl: Sequence[float], interval: int, alpha: float, smoothing: bool) -> "DomainMixer":
+               student_ppl: Sequence[float], interval: int, alpha: float, smoothing: bool,
+               factor: DdkFactor = DDK_FACTOR, tau: float = DDK_TAU) -> "DomainMixer":
+        if mode == "ddk" and (factor not in get_args(DdkFactor) or not (math.isfinite(tau) and tau > 0)):
+            from distillkit.errors import ConfigError
+
+            raise ConfigError(f"ddk_factor must be one of {', '.join(map(repr, get_args(DdkFactor)))} and ddk_tau a finite "
+                              f"number > 0, got {factor!r} and {tau}")
         w = np.full(len(domains), 1.0 / len(domains)) if mode == "uniform" else np.asarray(plan_weights, dtype=np.float64)
         mixer = cls(mode, list(domains), w / w.sum(), np.asarray(teacher_ppl, dtype=np.float64), int(interval),
-                    float(alpha), bool(smoothing))
+                    float(alpha), bool(smoothing), factor=factor, tau=float(tau))
         mixer._log(0, np.asarray(student_ppl, dtype=np.float64))
         return mixer
 
@@ -55,9 +68,10 @@ class DomainMixer:
         return self.mode == "ddk" and step > 0 and step % self.interval == 0
 
     def update(self, step: int, student_ppl: Sequence[float]) -> np.ndarray:
-        """DDK Eq. 2 with freshly measured student perplexities; returns (and keeps) the new weights."""
+        """DDK Eq. 2 (or the log-ratio variant) on freshly measured student perplexities; returns (and keeps) the new weights."""
         s = np.asarray(student_ppl, dtype=np.float64)
-        self.weights = ddk_update(self.weights, s, self.teacher_ppl, alpha=self.alpha, smoothing=self.smoothing)
+        self.weights = discrepancy_update(self.weights, s, self.teacher_ppl, alpha=self.alpha, smoothing=self.smoothing,
+                                          factor=self.factor, tau=self.tau)
         self._log(step, s)
         return self.weights
 

@@ -28,6 +28,7 @@ from torch.profiler import record_function
 from distillkit.errors import DistillkitError
 from distillkit.training import checkpoint as ckpt
 from distillkit.training import distributed as D
+from distillkit.training import early_check as early
 from distillkit.training.batches import collate
 from distillkit.training.ddk import measure_heldout
 from distillkit.training.monitor import Monitor
@@ -38,6 +39,7 @@ from distillkit.training.state import TrainState
 if TYPE_CHECKING:
     from distillkit.losses import LossSpec
     from distillkit.training.batches import Sequences, TopKStore
+    from distillkit.training.onpolicy import OnPolicy
     from distillkit.training.student import TeacherSource
 
 
@@ -64,6 +66,9 @@ class Settings:
     checkpoint_root: Path
     tensorboard_dir: str | None = None
     precision: str = ""  # what the student computes in, and why (printed, and recorded in the manifest)
+    on_policy: OnPolicy | None = None  # on-policy (GKD) generation settings; None: off-policy only
+    early_check: int = 0  # re-measure the "before" held-out rows after this many steps and warn on a rise (0: off)
+    early_check_stop: bool = False  # and stop there (checkpoint kept) when it rose
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +145,9 @@ def train(parts: Components, settings: Settings, state: TrainState, resume_from:
             global_rows = state.sampler.next_batch(settings.batch_size)
             if settings.record_batches:
                 state.drawn.append(global_rows.astype(np.int64))
-            loss_v, kd_v, ce_v = accumulate_gradients(parts, settings, global_rows, stage, extra_params)
+            on_policy = settings.on_policy is not None and settings.on_policy.is_on_policy(state.step)
+            loss_v, kd_v, ce_v, tokens = accumulate_gradients(parts, settings, global_rows, stage, extra_params,
+                                                              step=state.step, on_policy=on_policy)
             grad_norm = D.grad_norm_value(torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm))
             if not (np.isfinite(loss_v) and np.isfinite(grad_norm)):
                 raise diverged(settings, state, stage, lr, loss_v, grad_norm)
@@ -150,9 +157,8 @@ def train(parts: Components, settings: Settings, state: TrainState, resume_from:
             state.step += 1
             if state.taid is not None:
                 state.taid.update(kd_v, state.step - 1, total)
-            tokens = int(sum(len(parts.corpus.seqs.ids[i]) for i in global_rows))
             row = {"step": state.step, "loss": loss_v, "kd_loss": kd_v, "ce_loss": ce_v, "temperature": stage.temperature,
-                   "kd_weight": stage.kd_weight, "stage": stage.stage, "lr": lr, "tokens": tokens,
+                   "kd_weight": 1.0 if on_policy else stage.kd_weight, "on_policy": on_policy, "stage": stage.stage, "lr": lr, "tokens": tokens,
                    "tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9), "grad_norm": grad_norm,
                    "taid_t": extra_params.get("t", float("nan"))}
             state.metrics.append(row)
@@ -163,37 +169,62 @@ def train(parts: Components, settings: Settings, state: TrainState, resume_from:
                                        batch_size=settings.eval_batch_size, pad_id=c.pad_id, device=dist.device, dist=dist)
                 state.sampler.set_weights(state.mixer.update(state.step, held.student_ppl))
                 monitor.scalars("ddk_weight", dict(zip(state.mixer.domains, state.mixer.weights)), state.step)
+            if early.due(settings, state, total) and early.early_check(parts, settings, state, monitor.warn)["rose"]:
+                if settings.early_check_stop:
+                    save(parts, settings, state, optimizer)
+                    raise early.stop_error(state.before["early_check"], ckpt.describe_latest(settings.checkpoint_root))
             if state.step == total or (settings.save_every and state.step % settings.save_every == 0):
                 save(parts, settings, state, optimizer)
     return state
 
 
 def accumulate_gradients(parts: Components, settings: Settings, global_rows: np.ndarray, stage: Stage,
-                         extra_params: dict[str, float]) -> tuple[float, float, float]:
-    """This rank's micro-batches of the step: forward, backward; the global batch's (loss, kd, ce) token means."""
+                         extra_params: dict[str, float], step: int = 0,
+                         on_policy: bool = False) -> tuple[float, float, float, int]:
+    """This rank's micro-batches of the step: forward, backward; the global batch's (loss, kd, ce) token means
+    and its token count. On-policy, each micro-batch is the student's answers to its rows' prompts."""
     dist, c = parts.dist, parts.corpus
     micro = settings.batch_size // dist.world_size // settings.grad_accum
-    # Every rank knows the whole global batch, so each can scale its micro-batches by the
-    # global target count: the summed gradient is that of the global token mean.
-    n_global = max(int(c.seqs.num_targets[global_rows].sum()), 1)
     mine = rank_slice(global_rows, dist.rank, dist.world_size)
+    if on_policy:
+        # The targets are the student's answers: generate this rank's micro-batches first, then agree on
+        # the global target count (every rank's answers have their own lengths).
+        from distillkit.training.onpolicy import student_batch
+
+        with record_function("distillkit.generate"):
+            student = D.unwrap(parts.model).student
+            batches = [student_batch(student, c.seqs, mine[m * micro : (m + 1) * micro], settings.on_policy, step=step,
+                                     rank=dist.rank, micro=m, device=dist.device, autocast=settings.autocast)
+                       for m in range(settings.grad_accum)]
+        counts = torch.tensor([sum(b.num_targets for b in batches), sum(int(b.attention_mask.sum()) for b in batches)],
+                              dtype=torch.float64, device=dist.device)
+        D.all_reduce_sum(counts, dist)
+        n_global, tokens = max(int(counts[0]), 1), int(counts[1])
+        kd_weight = 1.0  # GKD: the divergence alone on the student's own samples
+    else:
+        # Every rank knows the whole global batch, so each can scale its micro-batches by the
+        # global target count: the summed gradient is that of the global token mean.
+        n_global = max(int(c.seqs.num_targets[global_rows].sum()), 1)
+        tokens = int(sum(len(c.seqs.ids[i]) for i in global_rows))
+        kd_weight = stage.kd_weight
     device_type = "cuda" if str(dist.device).startswith("cuda") else "cpu"
     sums = torch.zeros(3, dtype=torch.float64, device=dist.device)  # loss, kd, ce (token-weighted)
     for m in range(settings.grad_accum):
-        batch = collate(c.seqs, mine[m * micro : (m + 1) * micro], c.pad_id, dist.device, c.topk)
+        batch = batches[m] if on_policy else collate(c.seqs, mine[m * micro : (m + 1) * micro], c.pad_id, dist.device, c.topk)
         with record_function("distillkit.teacher_forward"):
             teacher = parts.teacher(batch)
         sync = m == settings.grad_accum - 1 or not hasattr(parts.model, "no_sync")
         with contextlib.nullcontext() if sync else parts.model.no_sync():
             with torch.autocast(device_type, dtype=settings.autocast or torch.bfloat16, enabled=settings.autocast is not None):
-                loss, kd, ce = parts.model(batch, teacher, stage.temperature, extra_params, kd_weight=stage.kd_weight)
+                loss, kd, ce = parts.model(batch, teacher, stage.temperature, extra_params, kd_weight=kd_weight,
+                                           ce_weight=0.0 if on_policy else None)
             share = batch.num_targets / n_global
             with record_function("distillkit.backward"):
                 (loss * (share * dist.world_size)).backward()  # DDP/FSDP2 average over ranks: undo the 1/N
         sums += torch.stack([loss.detach(), kd.detach(), ce.detach()]).double() * share
     D.all_reduce_sum(sums, dist)
     loss_v, kd_v, ce_v = (float(x) for x in sums.cpu())
-    return loss_v, kd_v, ce_v
+    return loss_v, kd_v, ce_v, tokens
 
 
 def diverged(settings: Settings, state: TrainState, stage: Stage, lr: float, loss: float, grad_norm: float) -> TrainingDiverged:

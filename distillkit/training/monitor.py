@@ -12,7 +12,7 @@ from typing import Any
 METRIC_TYPES = {
     "step": "int64", "loss": "float64", "kd_loss": "float64", "ce_loss": "float64", "temperature": "float64",
     "kd_weight": "float64", "stage": "int32", "lr": "float64", "tokens_per_s": "float64", "tokens": "int64",
-    "grad_norm": "float64", "taid_t": "float64",
+    "grad_norm": "float64", "taid_t": "float64", "on_policy": "bool_",
 }
 
 
@@ -94,6 +94,11 @@ class Monitor:
     def note(self, text: str) -> None:
         if self.enabled:
             self.console.print(text, highlight=False)
+
+    def warn(self, text: str) -> None:
+        """One line that needs the user's attention (e.g. the early held-out check found a rise)."""
+        if self.enabled:
+            self.console.print(f"[yellow]warning[/]: {text}", highlight=False)
 
     def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
         if self.tb is not None:

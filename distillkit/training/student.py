@@ -36,7 +36,8 @@ class StudentLoss(nn.Module):
         self.spec = spec
 
     def forward(self, batch: Batch, teacher: Teacher | None, temperature: float = 1.0, params: dict[str, float] | None = None,
-                mode: Literal["train", "eval"] = "train", with_kl: bool = False, kd_weight: float = 1.0) -> tuple[torch.Tensor, ...]:
+                mode: Literal["train", "eval"] = "train", with_kl: bool = False, kd_weight: float = 1.0,
+                ce_weight: float | None = None) -> tuple[torch.Tensor, ...]:
         with record_function("distillkit.student_forward"):
             hidden = self.student.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
         with record_function("distillkit.loss"):
@@ -45,7 +46,7 @@ class StudentLoss(nn.Module):
             if mode == "eval":
                 return heldout_sums(self.spec, student, batch.labels, teacher if with_kl else None)
             return objective(self.spec, student, batch.labels, teacher, temperature=temperature, kd_weight=kd_weight,
-                             params=params)
+                             params=params, ce_weight=ce_weight)
 
 
 def teacher_sources(teacher: PreTrainedModel | None, impl: str) -> tuple[TeacherSource, TeacherSource]:
