@@ -154,9 +154,9 @@ def prepare(rec: StudyRecipe) -> StudyPlan:
         if rec.budget.unit == "steps":
             opts["steps"] = int(rec.budget.value)
         tcfg = build(TrainConfig, opts, f"arm {arm!r} [train]")
-        if tcfg.teacher_mode == "offline" and srec.topk is None:
-            raise ConfigError(f"arm {arm!r} trains from the offline teacher but {rec.scores} stores no teacher top-k: "
-                              "rescore with --top-k 64, or set teacher_mode = 'online'")
+        if tcfg.teacher_mode == "offline" and srec.topk is None and not score.files("sampled/"):
+            raise ConfigError(f"arm {arm!r} trains from the offline teacher but {rec.scores} stores no teacher top-k "
+                              "or samples: rescore with --top-k 64 (or --teacher-store sampled), or set teacher_mode = 'online'")
         ecfg = build(EvalConfig, {"plot": False, **eval_given, "models": (f"{arm}={run_dir / 'train' / 'student'}",),
                                   "data": str(rec.scores), "out": str(run_dir / "eval")}, "[eval]")
         if seed == rec.seeds[0]:
