@@ -1,7 +1,7 @@
 """On-policy training throughput: `distillkit train --set on_policy=1` against TRL's `GKDTrainer` with lmbda = 1.
 
     python bench/bench_onpolicy.py --student /tmp/onpolicy-bench/student --plan /tmp/onpolicy-bench/plan \\
-        --out /tmp/onpolicy-bench/runs --steps 6 --warmup 2 --repeats 2 --threads 1
+        --out /tmp/onpolicy-bench/runs --steps 3 --warmup 1 --repeats 2 --threads 1
 
 Every step of both trainers is on-policy (GKD): the student samples an answer to each prompt of the batch
 (transformers `generate`, batched, left-padded, KV cache), the online teacher scores prompt + answer, and the

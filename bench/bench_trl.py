@@ -51,6 +51,11 @@ Setup (once): the student is SmolLM2-135M with layers 16-22 dropped and the plan
     distillkit plan --scores /tmp/trl-bench/score --out /tmp/trl-bench/plan --set curriculum=false
 
 TRL: `pip install --no-deps trl==1.16.0` (GKDTrainer lives in `trl.experimental.gkd` since 1.x).
+
+On-policy (lmbda = 1) is `bench_onpolicy.py`, which drives the runners here: a distillkit case's `extra_args`
+are appended to its `train` command (`--set on_policy=1 ...`) and its on-policy micro-batches are counted and
+timed at `distillkit.training.onpolicy.student_batch`; a TRL case with `on_policy` runs `_run_trl_on_policy`.
+Without those keys the runs above are unchanged.
 """
 
 from __future__ import annotations
