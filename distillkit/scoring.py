@@ -153,7 +153,7 @@ def sample_teacher(engine, sequences, keys: list[str], spec: SampleSpec, on_batc
     import torch
 
     from distillkit.engines.base import SequenceScores
-    from distillkit.engines.hf import length_sorted_batches
+    from distillkit.engines.hf import length_sorted_batches, right_padded
     from distillkit.sampled import draw, uniforms
 
     if getattr(engine, "name", None) != "hf":
@@ -164,12 +164,7 @@ def sample_teacher(engine, sequences, keys: list[str], spec: SampleSpec, on_batc
     draws: list[Any] = [None] * len(sequences)
     decoder = engine.model.get_decoder()
     for batch in length_sorted_batches(lengths, engine.batch_tokens):
-        width = max(lengths[i] for i in batch)
-        ids = torch.full((len(batch), width), engine.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, i in enumerate(batch):
-            ids[r, : lengths[i]] = torch.as_tensor(sequences[i], dtype=torch.long)
-            mask[r, : lengths[i]] = 1
+        ids, mask = right_padded(sequences, batch, engine.pad_id)
         u = np.concatenate([uniforms(spec.seed, keys[i], lengths[i] - 1, n, spec.scheme) for i in batch])
         with torch.inference_mode():
             hidden = decoder(input_ids=ids.to(engine.device), attention_mask=mask.to(engine.device)).last_hidden_state

@@ -127,3 +127,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def kill_when(args: list, ready, *, env: dict, cwd=None, timeout: float = 120, stdout=None):
+    """Run ``python -m distillkit.cli.main *args``; SIGKILL it as soon as ``ready()`` holds (polled every 5 ms) and
+    assert that the kill, not the end of the run, stopped it. Returns the finished process."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "distillkit.cli.main", *map(str, args)], env=env, cwd=cwd,
+                            stdout=stdout or subprocess.DEVNULL, stderr=subprocess.STDOUT if stdout else subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    return proc

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +10,7 @@ from typer.testing import CliRunner
 
 from distillkit.cli.main import app
 from distillkit.artifacts import read_artifact
-from tests.conftest import build_model, make_texts, write_jsonl
+from tests.conftest import build_model, kill_when, make_texts, write_jsonl
 
 runner = CliRunner()
 
@@ -107,17 +103,8 @@ def test_kill_and_resume_gives_same_rows(tmp_path, tiny_tok_dir, tiny_student_di
     data = write_jsonl(tmp_path / "big.jsonl", rows)
     args = _score_args(data, teacher, tiny_student_dir, tmp_path / "killed", "--set", "chunk_size=6", "--top-k", "3")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-m", "distillkit.cli.main", *map(str, args)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     chunks = tmp_path / "killed.partial" / "chunks"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if chunks.is_dir() and len(list(chunks.glob("part-*.arrow"))) >= 3:
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    kill_when(args, lambda: chunks.is_dir() and len(list(chunks.glob("part-*.arrow"))) >= 3, env=env, timeout=240)
     done_before = len(list(chunks.glob("part-*.arrow")))
     assert 3 <= done_before < 20
     assert not (tmp_path / "killed").exists()

@@ -8,10 +8,6 @@ training makes the student's own samples likelier under the teacher; bad setting
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,7 +23,7 @@ from distillkit.pipelines.plan import run as run_plan
 from distillkit.pipelines.score import ScoreConfig
 from distillkit.pipelines.score import run as run_score
 from distillkit.pipelines.train import TrainConfig, run
-from tests.conftest import make_texts, write_jsonl
+from tests.conftest import kill_when, make_texts, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -209,15 +205,8 @@ def test_killed_run_at_half_on_policy_resumes_bitwise(pipelines, tmp_path):
     args = ["train", "--plan", cfg.plan, "--teacher", cfg.teacher, "--student", cfg.student, "--out", cfg.out,
             "--batch-size", "4", "--seq-len", "48", "--lr", str(cfg.lr), "--steps", "24", "--save-every", "4",
             "--set", "eval_heldout=false", "--set", "log_every=100", "--set", "on_policy=0.5", "--set", "gen_max_new_tokens=10"]
-    proc = subprocess.Popen([sys.executable, "-m", "distillkit.cli.main", *args], env=_env(), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpts = tmp_path / "killed.partial" / "checkpoints"
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None and not list(ckpts.glob("step-*")):
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    kill_when(args, lambda: any(ckpts.glob("step-*")), env=_env(), cwd=ROOT, timeout=180)
     run(cfg, resume=True)
     assert read_artifact(tmp_path / "killed", "train").manifest["figures"]["resumed_from_step"] in range(4, 24, 4)
     run(replace(cfg, out=str(tmp_path / "reference")))

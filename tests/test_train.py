@@ -7,7 +7,6 @@ One CPU thread throughout: for models this small, OpenMP synchronisation costs m
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from distillkit.pipelines.plan import run as run_plan
 from distillkit.pipelines.score import ScoreConfig
 from distillkit.pipelines.score import run as run_score
 from distillkit.pipelines.train import TrainConfig, run
-from tests.conftest import make_texts, write_jsonl
+from tests.conftest import kill_when, make_texts, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -285,15 +284,8 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
 
 def test_killed_run_resumes_to_bitwise_identical_weights(pipeline, tmp_path):
     cfg = cfg_for(pipeline, tmp_path / "killed", steps=40, save_every=4)
-    proc = subprocess.Popen([sys.executable, "-m", "distillkit.cli.main", *_args(cfg)], env=_env(), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpts = tmp_path / "killed.partial" / "checkpoints"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not list(ckpts.glob("step-*")):
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    kill_when(_args(cfg), lambda: any(ckpts.glob("step-*")), env=_env(), cwd=ROOT)
     assert not (tmp_path / "killed").exists()
 
     with pytest.raises(Exception, match="--resume"):

@@ -16,6 +16,19 @@ from distillkit.engines.base import SequenceScores
 from distillkit.models import DType, load_model
 
 
+def right_padded(sequences: Sequence[Sequence[int]], batch: Sequence[int], pad_id: int):
+    """(ids, attention mask) [len(batch), longest] long tensors of `batch`'s sequences, padded on the right."""
+    import torch
+
+    width = max(len(sequences[i]) for i in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for r, i in enumerate(batch):
+        ids[r, : len(sequences[i])] = torch.as_tensor(sequences[i], dtype=torch.long)
+        mask[r, : len(sequences[i])] = 1
+    return ids, mask
+
+
 def length_sorted_batches(lengths: Sequence[int], batch_tokens: int, max_batch: int = 256) -> list[list[int]]:
     """Group indices longest-first so each padded batch holds at most `batch_tokens` tokens."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
@@ -88,12 +101,7 @@ class HFEngine:
         lengths = [len(s) for s in sequences]
         decoder = self.model.get_decoder()
         for batch in length_sorted_batches(lengths, self.batch_tokens):
-            width = max(lengths[i] for i in batch)
-            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for r, i in enumerate(batch):
-                ids[r, : lengths[i]] = torch.as_tensor(sequences[i], dtype=torch.long)
-                mask[r, : lengths[i]] = 1
+            ids, mask = right_padded(sequences, batch, self.pad_id)
             with torch.inference_mode():
                 hidden = decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
                 n_pos = [lengths[i] - 1 for i in batch]
