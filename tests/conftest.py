@@ -129,6 +129,31 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory, tiny_teacher_dir, tiny_student_dir):
+    """Scores (with top-8 log-probs) and a 4-stage plan of 3 steps per stage, over 3 domains (train's tests and
+    the DDK-factor tests share it)."""
+    import torch
+
+    from distillkit.pipelines.plan import PlanConfig
+    from distillkit.pipelines.plan import run as run_plan
+    from distillkit.pipelines.score import ScoreConfig
+    from distillkit.pipelines.score import run as run_score
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("train")
+    rows = []
+    for d, seed in (("alpha", 20), ("beta", 21), ("gamma", 22)):
+        rows += [{"text": t, "domain": d} for t in make_texts(30, seed=seed, min_words=15, max_words=35)]
+    data = write_jsonl(root / "data.jsonl", rows)
+    run_score(ScoreConfig(data=str(data), teacher=str(tiny_teacher_dir), student=str(tiny_student_dir), out=str(root / "score"),
+                          dtype="float32", max_length=48, top_k=8))
+    run_plan(PlanConfig(scores=str(root / "score"), out=str(root / "plan"), stage_unit="steps", stage_length=3))
+    torch.set_num_threads(n)
+    return {"root": root, "plan": root / "plan", "scores": root / "score", "teacher": tiny_teacher_dir, "student": tiny_student_dir}
+
+
 def kill_when(args: list, ready, *, env: dict, cwd=None, timeout: float = 120, stdout=None):
     """Run ``python -m distillkit.cli.main *args``; SIGKILL it as soon as ``ready()`` holds (polled every 5 ms) and
     assert that the kill, not the end of the run, stopped it. Returns the finished process."""

@@ -32,7 +32,7 @@ from distillkit.pipelines.plan import PlanConfig, mixture_formula, run
 from distillkit.records import MixtureSettings, PlanRecord
 from distillkit.training.ddk import DomainMixer
 from tests.test_plan import invoke, random_rows, samples_table, write_scores
-from tests.test_train import cfg_for, pipeline  # noqa: F401  (pipeline: the tiny models' scores, a session fixture)
+from tests.test_train import cfg_for
 
 # three domains: ppl_S / ppl_T = [4/2, 6/2, 3/3] = [2, 3, 1] (as in test_mixture)
 PPL_S = [4.0, 6.0, 3.0]
