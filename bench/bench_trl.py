@@ -233,15 +233,33 @@ def batches_of(case: dict, tok):
     return seqs, steps
 
 
+def _fit_trl(trainer_cls, student, teacher, args, collator, tok, timer, case: dict, total: int, clock, losses) -> dict:
+    """Train with TRL's trainer class on rows 0..total·batch in order, with distillkit's AdamW; the run's figures."""
+    import torch
+    import trl
+    from datasets import Dataset
+
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=case["lr"],
+                            weight_decay=0.0, betas=BETAS, fused=True)  # = make_optimizer = adamw_torch_fused
+    trainer = trainer_cls(model=student, teacher_model=teacher, args=args, data_collator=collator,
+                          train_dataset=Dataset.from_dict({"row": list(range(total * case["batch"]))}),
+                          processing_class=tok, callbacks=[timer], optimizers=(opt, None))
+    trainer.train()
+    res = clock.result()
+    res["loss"] = losses
+    res["threads"] = torch.get_num_threads()
+    res["trl"] = trl.__version__
+    res["n_student"], res["n_teacher"] = n_params(student), n_params(teacher)
+    return res
+
+
 def run_trl(case: dict) -> dict:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     import torch
-    from datasets import Dataset
     from torch.utils.data import SequentialSampler
     from transformers import AutoModelForCausalLM, TrainerCallback
 
     sys.path.insert(0, str(ROOT))
-    import trl
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     from distillkit.models import load_tokenizer, resolve_model
@@ -298,28 +316,15 @@ def run_trl(case: dict) -> dict:
         logging_steps=1, dataloader_num_workers=0, seed=0, disable_tqdm=True, max_length=case["seq_len"],
         lr_scheduler_type="constant",
     )
-    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=case["lr"],
-                            weight_decay=0.0, betas=BETAS, fused=True)  # = make_optimizer = adamw_torch_fused
-    trainer = InOrder(model=student, teacher_model=teacher, args=args, data_collator=counting,
-                      train_dataset=Dataset.from_dict({"row": list(range(total * case["batch"]))}),
-                      processing_class=tok, callbacks=[Timer()], optimizers=(opt, None))
-    trainer.train()
-    res = clock.result()
-    res["loss"] = losses
-    res["threads"] = torch.get_num_threads()
-    res["trl"] = trl.__version__
-    res["n_student"], res["n_teacher"] = n_params(student), n_params(teacher)
-    return res
+    return _fit_trl(InOrder, student, teacher, args, counting, tok, Timer(), case, total, clock, losses)
 
 
 def _run_trl_on_policy(case: dict, op: dict, seqs, tok, pad: int) -> dict:
     """`GKDTrainer` with lmbda = 1: every step generates from the student (`generate_on_policy_outputs`)."""
     import torch
-    from datasets import Dataset
     from torch.utils.data import SequentialSampler
     from transformers import AutoModelForCausalLM, TrainerCallback
 
-    import trl
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     from distillkit.models import resolve_model
@@ -382,18 +387,7 @@ def _run_trl_on_policy(case: dict, op: dict, seqs, tok, pad: int) -> dict:
         save_strategy="no", eval_strategy="no", logging_steps=1, dataloader_num_workers=0, seed=0, disable_tqdm=True,
         max_length=case["seq_len"], lr_scheduler_type="constant",
     )
-    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=case["lr"],
-                            weight_decay=0.0, betas=BETAS, fused=True)  # = make_optimizer = adamw_torch_fused
-    trainer = InOrder(model=student, teacher_model=teacher, args=args, data_collator=collator,
-                      train_dataset=Dataset.from_dict({"row": list(range(total * case["batch"]))}),
-                      processing_class=tok, callbacks=[Timer()], optimizers=(opt, None))
-    trainer.train()
-    res = clock.result()
-    res["loss"] = losses
-    res["threads"] = torch.get_num_threads()
-    res["trl"] = trl.__version__
-    res["n_student"], res["n_teacher"] = n_params(student), n_params(teacher)
-    return res
+    return _fit_trl(InOrder, student, teacher, args, collator, tok, Timer(), case, total, clock, losses)
 
 
 # --- peak matmul --------------------------------------------------------------------------------------
