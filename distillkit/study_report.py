@@ -18,6 +18,20 @@ from distillkit.study import METRICS, PRIMARY, Metric, StudyRecipe, domain_by_se
 PAPER_RATIOS = (1.2, 1.8)  # DDK's per-domain ppl_S/ppl_T at the start (its Fig. 3): the regime it was published in
 
 
+
+def _shown(path) -> str:
+    """A recipe's path as a reader of the committed report can find it: pipelines/NAME for a packaged recipe (in the
+    repository or an installed copy), else relative to the working directory when it lies under it."""
+    from pathlib import Path
+
+    p = Path(path).resolve()
+    if p.parent.name == "pipelines":
+        return f"pipelines/{p.name}"
+    try:
+        return str(p.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
+
 def _f(x: float | None, fmt: str = "{:.2f}") -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
 
@@ -51,7 +65,7 @@ def write_report(rec: StudyRecipe, results: Mapping[tuple[str, int], Mapping[str
     lines = [f"# Study: {rec.name}", ""]
     seeds_done = {a: sorted(s for (x, s) in results if x == a) for a in arms}
     lines += [
-        f"Recipe `{rec.path}`; score artifact `{rec.scores}`; budget **{rec.budget.describe()}**, equal for every arm; "
+        f"Recipe `{_shown(rec.path)}`; score artifact `{rec.scores}`; budget **{rec.budget.describe()}**, equal for every arm; "
         f"baseline **{rec.baseline}**; training seeds planned {list(rec.seeds)}.",
         "",
         "Each cell: mean over training seeds with its 95 % confidence interval (t distribution, n seeds). "
