@@ -129,6 +129,14 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+def three_domain_data(root: Path) -> Path:
+    """root/data.jsonl: 30 texts of 15-35 words in each of the domains alpha, beta, gamma (fixed seeds)."""
+    rows = []
+    for d, seed in (("alpha", 20), ("beta", 21), ("gamma", 22)):
+        rows += [{"text": t, "domain": d} for t in make_texts(30, seed=seed, min_words=15, max_words=35)]
+    return write_jsonl(root / "data.jsonl", rows)
+
+
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory, tiny_teacher_dir, tiny_student_dir):
     """Scores (with top-8 log-probs) and a 4-stage plan of 3 steps per stage, over 3 domains (train's tests and
@@ -143,10 +151,7 @@ def pipeline(tmp_path_factory, tiny_teacher_dir, tiny_student_dir):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("train")
-    rows = []
-    for d, seed in (("alpha", 20), ("beta", 21), ("gamma", 22)):
-        rows += [{"text": t, "domain": d} for t in make_texts(30, seed=seed, min_words=15, max_words=35)]
-    data = write_jsonl(root / "data.jsonl", rows)
+    data = three_domain_data(root)
     run_score(ScoreConfig(data=str(data), teacher=str(tiny_teacher_dir), student=str(tiny_student_dir), out=str(root / "score"),
                           dtype="float32", max_length=48, top_k=8))
     run_plan(PlanConfig(scores=str(root / "score"), out=str(root / "plan"), stage_unit="steps", stage_length=3))

@@ -25,7 +25,7 @@ from distillkit.pipelines.score import run as run_score
 from distillkit.pipelines.train import TrainConfig
 from distillkit.pipelines.train import run as run_train
 from distillkit.sampled import SampleSpec, decode_batch, draw, run_lengths, sampled_table, uniforms
-from tests.conftest import make_texts, write_jsonl
+from tests.conftest import three_domain_data
 from tests.test_losses import _grads, _heads, _logits
 
 runner = CliRunner()
@@ -210,10 +210,7 @@ def sampled_pipeline(tmp_path_factory, tiny_teacher_dir, tiny_student_dir):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("sampled")
-    rows = []
-    for d, seed in (("alpha", 20), ("beta", 21), ("gamma", 22)):
-        rows += [{"text": t, "domain": d} for t in make_texts(30, seed=seed, min_words=15, max_words=35)]
-    data = write_jsonl(root / "data.jsonl", rows)
+    data = three_domain_data(root)
     cfg = ScoreConfig(data=str(data), teacher=str(tiny_teacher_dir), student=str(tiny_student_dir), out=str(root / "score"),
                       dtype="float32", max_length=48, chunk_size=40, teacher_store="sampled", sample_seed=5)
     run_score(cfg)
