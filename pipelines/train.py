@@ -64,6 +64,7 @@ class TrainConfig:
     steps: int | None = opt(None, "Optimizer steps (default: the plan's stages, each stage_length long).", panel="optimizer")
     batch_size: int = opt(8, "Global batch: sequences per optimizer step over all processes and accumulation steps.", panel="optimizer")
     grad_accum: int = opt(1, "Micro-batches per process per step (micro-batch = batch_size / (processes × grad_accum)).", panel="optimizer")
+    pack: bool = opt(False, "Pack each micro-batch's samples into as few rows as fit its longest sample (positions restart per sample, attention stays inside it): the same losses and gradients on fewer padded positions; pays off on data of uneven lengths (prompt/response). Also the held-out passes. Needs transformers >= 4.54.", panel="optimizer")
     seq_len: int = opt(256, "Train on the first seq_len tokens of each sample as the score stage tokenized it (so at most its max_length).", panel="optimizer")
     lr: float | None = opt(None, "Peak learning rate (AdamW). Default by the student's scored gap to the teacher: 1e-4 for a student far from it (perplexity ratio >= 2, e.g. freshly pruned), 1e-5 for one already close (a trained student); printed before training.", panel="optimizer")
     min_lr_ratio: float = opt(0.1, "Cosine schedule ends at min_lr_ratio × lr.", panel="optimizer")
@@ -169,6 +170,9 @@ _NOT_IDENTITY = ("out", "save_every", "keep_checkpoints", "log_every", "tensorbo
 # Generation settings change nothing while on_policy = 0: left out of the identity then, so off-policy
 # artifacts made before these options existed are still recognised as complete.
 _ON_POLICY_KEYS = ("on_policy", "gen_max_new_tokens", "gen_temperature", "gen_top_p", "prefix_tokens")
+# Packing computes the same losses (up to float order); off, it stays out of the identity so artifacts made
+# before the option existed are still recognised as complete.
+_PACK_KEYS = ("pack",)
 
 
 def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> StageResult:
@@ -228,7 +232,7 @@ def _open_output(cfg: TrainConfig, inputs: Inputs, dist: DistInfo, resume: bool,
     """("done" | "fresh" | "resumed", rank 0's writer): rank 0 owns the output; the others learn what it found."""
     from distillkit.training import distributed as D
 
-    skip = _NOT_IDENTITY + (_ON_POLICY_KEYS if cfg.on_policy == 0 else ())
+    skip = _NOT_IDENTITY + (_ON_POLICY_KEYS if cfg.on_policy == 0 else ()) + (() if cfg.pack else _PACK_KEYS)
     unset = ("ddk_factor", "ddk_tau")  # None = the plan's, which the plan's hash already covers
     ident = {k: v for k, v in to_dict(cfg).items() if k not in skip and not (k in unset and v is None)} | inputs.identity
     writer, found = None, None
@@ -393,6 +397,14 @@ def make_settings(cfg: TrainConfig, inputs: Inputs, dist: DistInfo, partial: Pat
         raise ConfigError(f"batch_size {cfg.batch_size} must be a multiple of processes × grad_accum "
                           f"({dist.world_size} × {cfg.grad_accum}); change --batch-size or --grad-accum")
     restart = inputs.schedule.restart_optimizer if cfg.restart_optimizer is None else cfg.restart_optimizer
+    if cfg.pack:
+        from distillkit.training.batches import packing_supported
+
+        if not packing_supported():
+            import transformers
+
+            raise ConfigError(f"--pack needs transformers >= 4.54 (block-diagonal masks from packed position ids); this is "
+                              f"{transformers.__version__}: pip install -U 'transformers>=4.54' or drop --pack")
     import json
 
     import torch
@@ -418,7 +430,7 @@ def make_settings(cfg: TrainConfig, inputs: Inputs, dist: DistInfo, partial: Pat
         eval_batch_size=cfg.eval_batch_size, record_batches=cfg.record_batches, strategy=cfg.strategy,
         checkpoint_root=partial / "checkpoints", tensorboard_dir=str(partial / "tensorboard") if cfg.tensorboard else None,
         on_policy=_on_policy(cfg, inputs),
-        early_check=cfg.early_check if cfg.eval_heldout else 0, early_check_stop=cfg.early_check_stop,
+        early_check=cfg.early_check if cfg.eval_heldout else 0, early_check_stop=cfg.early_check_stop, pack=cfg.pack,
     )
 
 

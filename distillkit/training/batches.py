@@ -5,6 +5,14 @@ prompt length for prompt/response data), so position t of a batch is trained to 
 when ``t + 1 >= target_start``; padding and prompt positions carry label -100 and are excluded
 from both CE and KD.
 
+Packing (``collate(..., pack=True)``): the micro-batch's samples are laid first-fit-decreasing into
+rows no wider than its longest sample, each sample's positions restarting at 0. The batch then carries
+`position_ids` and no 2-D attention mask, and transformers (>= 4.54, `masking_utils`) turns the position
+restarts into a block-diagonal causal mask (eager / SDPA / flex; flash-attention's varlen path on CUDA),
+so no token sees another sample. Labels and stored teacher rows sit at each sample's own offsets, and the
+last position of a sample predicts nothing, so the token losses -- and their mean, the micro-batch's
+loss -- are those of the padded batch (tests/test_packing.py), on fewer padded positions.
+
 Offline teachers (`TopKStore`): the score stage's ``topk/part-*.arrow`` rows, where row t of a
 sample holds the teacher's top-k for the distribution predicting ``token_ids[t+1]`` -- exactly the
 batch position t, so stored rows line up with the labels without any shifting. A score artifact made
@@ -30,7 +38,9 @@ IGNORE = -100
 
 @dataclass(slots=True)
 class Batch:
-    """One micro-batch. Shapes [b, L]; top-k [b, L, k] (offline teacher only)."""
+    """One micro-batch. Shapes [b, L]; top-k [b, L, k] (offline teacher only). A packed batch has
+    `position_ids` (restarting at 0 for each sample) and its attention mask marks the real tokens only
+    (it is not given to the model, which builds the block-diagonal mask from the positions)."""
 
     input_ids: "torch.Tensor"
     attention_mask: "torch.Tensor"
@@ -38,6 +48,15 @@ class Batch:
     num_targets: int
     topk_ids: "torch.Tensor | None" = None
     topk_logprobs: "torch.Tensor | None" = None
+    position_ids: "torch.Tensor | None" = None  # packed batches only
+
+    def model_inputs(self) -> dict[str, "torch.Tensor"]:
+        """The decoder's keyword arguments: ids and the padding mask, or ids and the packed positions. No KV
+        cache: a forward pass over whole sequences needs none, and transformers reads packed positions only
+        without one."""
+        if self.position_ids is None:
+            return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "use_cache": False}
+        return {"input_ids": self.input_ids, "position_ids": self.position_ids, "use_cache": False}
 
 
 @dataclass(slots=True)
@@ -166,34 +185,85 @@ class TopKStore:
         return ids[a : a + n].astype(np.int64), lp[a : a + n]
 
 
-def collate(seqs: Sequences, rows: Sequence[int], pad_id: int, device, topk: TopKStore | None = None) -> Batch:
-    """Right-padded micro-batch of `rows` with aligned labels (and stored top-k rows)."""
+def pack_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing: indices into `lengths`, grouped into bins whose lengths sum to <= capacity.
+
+    Deterministic (ties by index); a length above capacity gets a bin of its own."""
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        for b, r in enumerate(room):
+            if lengths[i] <= r:
+                bins[b].append(i)
+                room[b] -= lengths[i]
+                break
+        else:
+            bins.append([i])
+            room.append(capacity - lengths[i])
+    return bins
+
+
+def padded_slots(seqs: Sequences, rows: Sequence[int], pack: bool = False) -> int:
+    """Token positions (real + padding) a micro-batch of `rows` computes: rows × width."""
+    lengths = [len(seqs.ids[i]) for i in rows]
+    width = max(lengths)
+    if not pack:
+        return len(rows) * width
+    bins = pack_bins(lengths, width)
+    return len(bins) * max(sum(lengths[j] for j in b) for b in bins)
+
+
+def collate(seqs: Sequences, rows: Sequence[int], pad_id: int, device, topk: TopKStore | None = None,
+            pack: bool = False) -> Batch:
+    """Right-padded micro-batch of `rows` with aligned labels (and stored top-k rows); `pack`: the rows'
+    samples packed into as few rows as fit the longest one (see the module doc)."""
     import torch
 
-    width = max(len(seqs.ids[i]) for i in rows)
-    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(rows), width), dtype=np.int64)
-    labels = np.full((len(rows), width), IGNORE, dtype=np.int64)
-    for r, i in enumerate(rows):
-        x, n = seqs.ids[i], len(seqs.ids[i])
-        ids[r, :n] = x
-        mask[r, :n] = 1
-        a = max(int(seqs.target_start[i]), 1)
-        labels[r, a - 1 : n - 1] = x[a:]
+    rows = list(rows)
+    lengths = [len(seqs.ids[i]) for i in rows]
+    layout = ([[rows[j] for j in b] for b in pack_bins(lengths, max(lengths))] if pack else [[i] for i in rows])
+    width = max(sum(len(seqs.ids[i]) for i in line) for line in layout)
+    ids = np.full((len(layout), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(layout), width), dtype=np.int64)
+    labels = np.full((len(layout), width), IGNORE, dtype=np.int64)
+    pos = np.zeros((len(layout), width), dtype=np.int64)
+    where: list[tuple[int, int, int]] = []  # (batch row, offset, sample row)
+    for r, line in enumerate(layout):
+        o = 0
+        for i in line:
+            x, n = seqs.ids[i], len(seqs.ids[i])
+            ids[r, o : o + n] = x
+            mask[r, o : o + n] = 1
+            pos[r, o : o + n] = np.arange(n)
+            a = max(int(seqs.target_start[i]), 1)
+            labels[r, o + a - 1 : o + n - 1] = x[a:]
+            where.append((r, o, i))
+            o += n
+        pos[r, o:] = np.arange(width - o)  # padding: a segment of its own
     batch = Batch(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device),
-                  torch.from_numpy(labels).to(device), int((labels != IGNORE).sum()))
+                  torch.from_numpy(labels).to(device), int((labels != IGNORE).sum()),
+                  position_ids=torch.from_numpy(pos).to(device) if pack else None)
     if topk is not None:
         k = topk.k
-        t_ids = np.zeros((len(rows), width, k), dtype=np.int64)
-        t_lp = np.zeros((len(rows), width, k), dtype=np.float32)
-        for r, i in enumerate(rows):
+        t_ids = np.zeros((len(layout), width, k), dtype=np.int64)
+        t_lp = np.zeros((len(layout), width, k), dtype=np.float32)
+        for r, o, i in where:
             ids_i, lp_i = topk.rows(i)
             n = len(ids_i)
-            t_ids[r, :n] = ids_i
-            t_lp[r, :n] = lp_i
+            t_ids[r, o : o + n] = ids_i
+            t_lp[r, o : o + n] = lp_i
         batch.topk_ids = torch.from_numpy(t_ids).to(device)
         batch.topk_logprobs = torch.from_numpy(t_lp).to(device)
     return batch
 
 
-__all__ = ["Batch", "Sequences", "TopKStore", "tokenize_rows", "collate", "IGNORE"]
+def packing_supported() -> bool:
+    """The installed transformers builds block-diagonal masks from packed position ids (>= 4.54)."""
+    try:
+        from transformers import masking_utils
+    except ImportError:
+        return False
+    return hasattr(masking_utils, "find_packed_sequence_indices")
+
+
+__all__ = ["Batch", "Sequences", "TopKStore", "tokenize_rows", "collate", "pack_bins", "padded_slots", "packing_supported", "IGNORE"]

@@ -130,9 +130,11 @@ def heldout_batches(seqs: "Sequences", rows_by_domain: list[list[int]], batch_si
 
 
 def measure_heldout(model, seqs: "Sequences", rows_by_domain: list[list[int]], domains: list[str], *, batch_size: int,
-                    pad_id: int, device, dist: "DistInfo", teacher_fn=None, topk=None, with_kl: bool = False) -> Heldout:
+                    pad_id: int, device, dist: "DistInfo", teacher_fn=None, topk=None, with_kl: bool = False,
+                    pack: bool = False) -> Heldout:
     """Student NLL (and KL to the teacher) summed per domain; batches are split over ranks, sums all-reduced.
 
+    `pack` packs each batch's samples (one domain per batch, so the per-domain sums are unchanged).
     `model` is the (possibly wrapped) `StudentLoss` module; called with ``mode="eval"`` it returns the
     batch's summed NLL and summed KL. `teacher_fn(batch)` gives the online teacher, `topk` the offline one.
     """
@@ -151,7 +153,7 @@ def measure_heldout(model, seqs: "Sequences", rows_by_domain: list[list[int]], d
         # collective): a rank without a batch left in the last round repeats batch 0 and discards it.
         for j in range(dist.rank, rounds * dist.world_size, dist.world_size):
             d, rows = batches[j] if j < len(batches) else batches[0]
-            batch = collate(seqs, rows, pad_id, device, topk if with_kl else None)
+            batch = collate(seqs, rows, pad_id, device, topk if with_kl else None, pack=pack)
             teacher = teacher_fn(batch) if with_kl and teacher_fn is not None else None
             nll, kl = model(batch, teacher, mode="eval", with_kl=with_kl)
             if j < len(batches):

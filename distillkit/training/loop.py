@@ -69,6 +69,7 @@ class Settings:
     on_policy: OnPolicy | None = None  # on-policy (GKD) generation settings; None: off-policy only
     early_check: int = 0  # re-measure the "before" held-out rows after this many steps and warn on a rise (0: off)
     early_check_stop: bool = False  # and stop there (checkpoint kept) when it rose
+    pack: bool = False  # pack each off-policy micro-batch's samples into fewer rows (and the held-out batches)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +167,8 @@ def train(parts: Components, settings: Settings, state: TrainState, resume_from:
             if state.mixer.due(state.step):
                 c = parts.corpus
                 held = measure_heldout(parts.model, c.seqs, c.heldout_rows, state.mixer.domains,
-                                       batch_size=settings.eval_batch_size, pad_id=c.pad_id, device=dist.device, dist=dist)
+                                       batch_size=settings.eval_batch_size, pad_id=c.pad_id, device=dist.device, dist=dist,
+                                       pack=settings.pack)
                 state.sampler.set_weights(state.mixer.update(state.step, held.student_ppl))
                 monitor.scalars("ddk_weight", dict(zip(state.mixer.domains, state.mixer.weights)), state.step)
             if early.due(settings, state, total) and early.early_check(parts, settings, state, monitor.warn)["rose"]:
@@ -210,7 +212,8 @@ def accumulate_gradients(parts: Components, settings: Settings, global_rows: np.
     device_type = "cuda" if str(dist.device).startswith("cuda") else "cpu"
     sums = torch.zeros(3, dtype=torch.float64, device=dist.device)  # loss, kd, ce (token-weighted)
     for m in range(settings.grad_accum):
-        batch = batches[m] if on_policy else collate(c.seqs, mine[m * micro : (m + 1) * micro], c.pad_id, dist.device, c.topk)
+        batch = (batches[m] if on_policy else
+                 collate(c.seqs, mine[m * micro : (m + 1) * micro], c.pad_id, dist.device, c.topk, pack=settings.pack))
         with record_function("distillkit.teacher_forward"):
             teacher = parts.teacher(batch)
         sync = m == settings.grad_accum - 1 or not hasattr(parts.model, "no_sync")

@@ -138,7 +138,7 @@ def heldout_report(parts: Components, settings: Settings, state: TrainState, wit
     c = parts.corpus
     held = measure_heldout(parts.model, c.seqs, c.heldout_rows, state.mixer.domains, batch_size=settings.eval_batch_size,
                            pad_id=c.pad_id, device=parts.dist.device, dist=parts.dist, teacher_fn=parts.eval_teacher,
-                           topk=c.topk, with_kl=with_kl)
+                           topk=c.topk, with_kl=with_kl, pack=settings.pack)
     kl = held.mean_kl
     return {"tokens": [int(x) for x in held.tokens], "student_ppl": [float(x) for x in held.student_ppl],
             "kl": [float(x) for x in kl] if kl is not None else None, **{f"overall_{k}": v for k, v in held.overall().items()}}

@@ -39,7 +39,7 @@ class StudentLoss(nn.Module):
                 mode: Literal["train", "eval"] = "train", with_kl: bool = False, kd_weight: float = 1.0,
                 ce_weight: float | None = None) -> tuple[torch.Tensor, ...]:
         with record_function("distillkit.student_forward"):
-            hidden = self.student.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+            hidden = self.student.get_decoder()(**batch.model_inputs()).last_hidden_state
         with record_function("distillkit.loss"):
             head = self.student.get_output_embeddings()
             student = LinearHead(hidden, head.weight, getattr(head, "bias", None))
@@ -58,7 +58,7 @@ def teacher_sources(teacher: PreTrainedModel | None, impl: str) -> tuple[Teacher
 
     def linear_head(batch: Batch) -> LinearHead:
         with torch.no_grad():
-            hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+            hidden = decoder(**batch.model_inputs()).last_hidden_state
         return LinearHead(hidden, head.weight, getattr(head, "bias", None))
 
     def logits(batch: Batch) -> torch.Tensor:
