@@ -52,6 +52,17 @@ Setup (once): the student is SmolLM2-135M with layers 16-22 dropped and the plan
 
 TRL: `pip install --no-deps trl==1.16.0` (GKDTrainer lives in `trl.experimental.gkd` since 1.x).
 
+`--pack` adds `train --pack` arms (online, and offline with `--offline`) on the same plan and seed, hence the
+same samples per micro-batch, packed into fewer rows (see `distillkit.training.batches`). Prompt/response data
+is where packing and the target-only LM head pay: e.g. the GSM8K study's score artifact (top-64 stored)
+
+    distillkit plan --scores runs/pocl/score --out /tmp/pack-bench/plan --set curriculum=false
+    python bench/bench_trl.py --student runs/pocl/student --plan /tmp/pack-bench/plan --out /tmp/pack-bench/runs \
+        --batch 8 --seq-len 320 --offline --pack --threads 1
+
+There MFU still counts target (response) tokens only: prompt positions are work both trainers do but not
+what a user trains on.
+
 On-policy (lmbda = 1) is `bench_onpolicy.py`, which drives the runners here: a distillkit case's `extra_args`
 are appended to its `train` command (`--set on_policy=1 ...`) and its on-policy micro-batches are counted and
 timed at `distillkit.training.onpolicy.student_batch`; a TRL case with `on_policy` runs `_run_trl_on_policy`.
@@ -451,6 +462,8 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep each distillkit run's checkpoint and student")
     ap.add_argument("--offline", action="store_true",
                     help="add a third arm: distillkit with --teacher-mode offline (the plan's scores must hold top-k)")
+    ap.add_argument("--pack", action="store_true",
+                    help="add `train --pack` arms: online packed (and offline packed with --offline), same batches")
     ap.add_argument("--case", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.case:
@@ -468,7 +481,10 @@ def main() -> None:
     print(f"matmul ({mm['threads']} threads, best of {a.matmul_reps}): fp32 {a.matmul_n}² {mm['fp32']['best_gflops']:.1f} GFLOP/s "
           f"(median {mm['fp32']['median_gflops']:.1f}), bf16 {a.matmul_n_bf16}² {mm['bf16']['best_gflops']:.1f} GFLOP/s "
           f"(median {mm['bf16']['median_gflops']:.1f})", flush=True)
-    runs: dict[str, list[dict]] = {"distillkit": [], "trl": []} | ({"offline": []} if a.offline else {})
+    arms = {"distillkit": [], "trl": []} | ({"offline": []} if a.offline else {})
+    if a.pack:
+        arms |= {"packed": []} | ({"offline-pack": []} if a.offline else {})
+    runs: dict[str, list[dict]] = arms
 
     def report(r: int, name: str, res: dict) -> None:
         runs[name].append(res)
@@ -493,6 +509,12 @@ def main() -> None:
             report(r, "offline", spawn({**base, "kind": "distillkit", "out": str(off_out), "teacher_mode": "offline"},
                                        out / f"offline-{r}.log"))
             tidy(off_out)
+        if a.pack:  # same plan and seed: the same samples per micro-batch, packed into fewer rows
+            for name, mode in (("packed", "online"), ("offline-pack", "offline"))[: 2 if a.offline else 1]:
+                pk_out = out / f"{name}-{r}"
+                report(r, name, spawn({**base, "kind": "distillkit", "out": str(pk_out), "teacher_mode": mode,
+                                       "extra_args": ["--pack"]}, out / f"{name}-{r}.log"))
+                tidy(pk_out)
 
     peak = {k: mm[k]["best_gflops"] * 1e9 for k in ("fp32", "bf16")}
     n_s, n_t = runs["distillkit"][0]["n_student"], runs["distillkit"][0]["n_teacher"]
@@ -502,7 +524,7 @@ def main() -> None:
         dts = [x for r in rs for x in r["s_per_step"]]
         tgt = sum(t for r in rs for t in r["targets"])
         tps = tgt / sum(dts)
-        fpt = 6 * n_s if name == "offline" else flops_per_token  # offline: no teacher forward, only the student's 6·N
+        fpt = 6 * n_s if name.startswith("offline") else flops_per_token  # offline: no teacher forward, only 6·N_student
         rows[name] = {"s_step": statistics.median(dts), "spread": (min(dts), max(dts)), "tps": tps,
                       "rss": max(r["ru_maxrss_mb"] for r in rs), "rss_steps": max(r["peak_rss_steps_mb"] for r in rs),
                       "mfu32": fpt * tps / peak["fp32"], "mfu16": fpt * tps / peak["bf16"],
@@ -524,6 +546,11 @@ def main() -> None:
         print(f"offline/online (distillkit): tokens/s ×{o['tps'] / d['tps']:.2f}, ru_maxrss ×{o['rss'] / d['rss']:.2f}; "
               f"offline/trl: tokens/s ×{o['tps'] / t['tps']:.2f} (offline KD is on the stored top-k, not the full teacher "
               "distribution: the step-1 KL column differs by design)")
+    for name in ("packed", "offline-pack"):
+        if name in rows:
+            k, base_arm = rows[name], rows["offline" if name == "offline-pack" else "distillkit"]
+            print(f"{name}: tokens/s ×{k['tps'] / base_arm['tps']:.2f} its unpacked arm, ×{k['tps'] / t['tps']:.2f} TRL; "
+                  f"ru_maxrss ×{k['rss'] / t['rss']:.2f} TRL, step RSS ×{k['rss_steps'] / t['rss_steps']:.2f} TRL")
     print(f"peak used for MFU: fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s (measured above)"
           + ("; bf16 is the slower dtype on this machine, so 'MFU bf16' (> 100 %) only says both trainers are right to stay in fp32"
              if peak["bf16"] < peak["fp32"] else ""))
