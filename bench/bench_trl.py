@@ -224,8 +224,7 @@ def batches_of(case: dict, tok):
 
     sys.path.insert(0, str(ROOT))
     from distillkit.artifacts import read_arrow, read_artifact
-    from distillkit.assets import resolve_data
-    from distillkit.data import DataSpec, load_data
+    from distillkit.seqkd import scored_dataset
     from distillkit.training.batches import tokenize_rows
 
     drawn = read_arrow(Path(case["batches_from"]) / "batches.arrow")
@@ -234,10 +233,7 @@ def batches_of(case: dict, tok):
     plan = read_artifact(case["plan"], "plan")
     scores = read_artifact(plan.manifest["plan"]["scores"], "score")
     sc = scores.config
-    ds = load_data(DataSpec(path=resolve_data(sc["data"]), text_field=sc.get("text_field", "text"),
-                            prompt_field=sc.get("prompt_field", "prompt"), response_field=sc.get("response_field", "response"),
-                            domain_field=sc.get("domain_field"), id_field=sc.get("id_field"), val_size=sc.get("val_size", 500),
-                            val_fraction=sc.get("val_fraction", 0.1), max_per_domain=sc.get("max_per_domain"), seed=sc.get("seed", 0)))
+    ds = scored_dataset(scores)  # as train reads it
     index = {s: i for i, s in enumerate(ds.table.column("sample_id").to_pylist())}
     rows = ds.table.take(pa.array([index[s] for s in sids], pa.int64()))
     seqs = tokenize_rows(rows, ds.format, tok, int(sc.get("max_length", case["seq_len"])), case["seq_len"])

@@ -261,6 +261,10 @@ def merge_shards(dirs: list[Path], out: Path, *, overwrite: bool = False) -> Pat
                 dst = writer.path(f"{store}/shard{i:04d}-{Path(name).name}")
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(a.path / name, dst)
+    from distillkit.seqkd import RESPONSE_COLUMNS, RESPONSES_FILE
+
+    if all(RESPONSES_FILE in a.files() for a in shards):  # score --responses teacher: the shards' answers, joined
+        writer.write(RESPONSES_FILE, pa.concat_tables([a.table(RESPONSES_FILE, RESPONSE_COLUMNS) for a in shards]))
     figures = {"samples": samples.num_rows, "merged_shards": n}
     store_files = sorted(p for d in STORE_DIRS for p in writer.path(d).glob("*.arrow"))
     if store_files and all("store_positions" in a.manifest["figures"] for a in shards):

@@ -5,7 +5,9 @@ Reads a data set, scores every sample with the teacher and the student
 DDK per-domain perplexities on each domain's held-out slice. With ``top_k``
 it also stores the teacher's top-k log-probs for offline KD; with
 ``teacher_store = "sampled"`` it stores instead ``sample_count`` tokens drawn per
-position from the teacher (unbiased forward-KL / skew-KL estimates; docs/losses.md).
+position from the teacher (unbiased forward-KL / skew-KL estimates; docs/losses.md). With
+``responses = "teacher"`` (sequence-level KD) the teacher first answers every training prompt and those
+answers replace the data's responses (``responses.arrow``; `distillkit.seqkd`).
 
 Work is done in chunks of ``chunk_size`` samples, each written atomically to
 ``<out>.partial/chunks/``; ``--resume`` redoes only the missing chunks.
@@ -55,6 +57,10 @@ class ScoreConfig:
     rouge: Literal["auto", "on", "off"] = opt("auto", "ROUGE-L of the student's greedy answer (auto: on for prompt/response data).",
                                               panel="scoring")
     gen_max_new_tokens: int = opt(64, "Longest student generation for ROUGE-L.", panel="scoring")
+    responses: Literal["data", "teacher"] = opt("data", "Training responses: the data's own, or teacher: the teacher's greedy answer to each training prompt replaces it (sequence-level KD; prompt/response data; written to responses.arrow, which train reads back). Held-out rows keep the data's answers.",
+                                                panel="scoring")
+    response_max_new_tokens: int = opt(256, "responses = teacher: longest teacher answer (also capped at max_length minus the prompt).",
+                                       panel="scoring")
     shard: str = opt("0/1", "Score slice i of n of the data ('i/n'); join the shards with --merge.", panel="shards")
 
     def validate(self) -> list[str]:
@@ -79,6 +85,8 @@ class ScoreConfig:
             if self.engine == "vllm":
                 problems.append("teacher_store = 'sampled' draws from the teacher's full distribution, which only the hf engine "
                                 "computes (vLLM returns its top-k): use --engine hf or auto")
+        if self.responses == "teacher" and self.response_max_new_tokens < 1:
+            problems.append(f"response_max_new_tokens must be >= 1, got {self.response_max_new_tokens}")
         if self.chunk_size < 1 or self.batch_tokens < 1:
             problems.append("chunk_size and batch_tokens must be >= 1")
         try:
@@ -101,6 +109,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 # Config keys that do not change results (where and how fast), left out of the identity hash.
 _NOT_IDENTITY = ("out", "batch_tokens", "engine")
 _SAMPLED_KEYS = ("teacher_store", "sample_count", "sample_scheme", "sample_seed")
+_RESPONSE_KEYS = ("responses", "response_max_new_tokens")
 
 
 def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> StageResult:
@@ -115,6 +124,9 @@ def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> S
     shard, num_shards = parse_shard(cfg.shard)
     # Everything that can be wrong with the inputs is checked before --out is touched.
     ds = load_data(cfg.data_opts.spec(resolve_data(cfg.data)))
+    if cfg.responses == "teacher" and ds.format != "instruction":
+        raise ConfigError(f"responses = 'teacher' has the teacher answer each prompt, and {cfg.data} is plain text (no prompt "
+                          "column): give prompt/response data (--prompt-field/--response-field) or drop --responses")
     teacher_dir, student_dir = resolve_model(cfg.teacher, role="teacher"), resolve_model(cfg.student, role="student")
     tok = load_tokenizer(str(teacher_dir))
     check_same_tokenizer(tok, load_tokenizer(str(student_dir)), cfg.teacher, cfg.student)
@@ -124,6 +136,9 @@ def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> S
         ident.pop("topk_format")
     if cfg.teacher_store == "topk":  # artifacts made before the sampled store keep their identity
         for key in _SAMPLED_KEYS:
+            ident.pop(key)
+    if cfg.responses == "data":  # artifacts made before sequence-level KD keep their identity
+        for key in _RESPONSE_KEYS:
             ident.pop(key)
     ident["data_fingerprint"] = ds.fingerprint
     ident["teacher_fingerprint"] = model_fingerprint(teacher_dir)
@@ -136,6 +151,14 @@ def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> S
     use_rouge = cfg.rouge == "on" or (cfg.rouge == "auto" and ds.format == "instruction")
     if use_rouge and ds.format != "instruction":
         raise ConfigError("rouge = 'on' needs prompt/response data; this data set is plain text (set rouge = 'off')")
+    answers = None
+    if cfg.responses == "teacher":  # sequence-level KD: the teacher's answers become the training responses
+        from distillkit import seqkd
+
+        answers, gen_figures = seqkd.teacher_responses(
+            rows, tok, writer, teacher_dir=str(teacher_dir), engine=cfg.engine, dtype=cfg.dtype, max_length=cfg.max_length,
+            batch_tokens=cfg.batch_tokens, max_new_tokens=cfg.response_max_new_tokens, chunk_size=cfg.chunk_size)
+        rows = seqkd.apply_responses(rows, answers)
     samples = tokenize(rows, ds.format, tok, cfg.max_length)
     figures = scoring.score_chunks(
         samples,
@@ -159,6 +182,10 @@ def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> S
     writer.write("samples.arrow", samples_t)
     writer.write("domains.arrow", domains_t)
     writer.remove("chunks")
+    if answers is not None:
+        writer.write(seqkd.RESPONSES_FILE, answers)
+        writer.remove(seqkd.PARTS_DIR)
+        figures.update(gen_figures)
     figures["wall_s"] = round(time.time() - t0, 2)
     figures["dropped_short"] = samples.dropped
     store_files = sorted(p for d in scoring.STORE_DIRS for p in writer.path(d).glob("*.arrow"))

@@ -258,8 +258,6 @@ def prepare(cfg: TrainConfig, dist: DistInfo) -> Inputs:
     import pyarrow.compute as pc
 
     from distillkit.artifacts import check_input, read_artifact
-    from distillkit.assets import resolve_data
-    from distillkit.data import DataOptions, load_data
     from distillkit.errors import ArtifactError, DataError
     from distillkit.models import (
         check_same_tokenizer,
@@ -271,6 +269,7 @@ def prepare(cfg: TrainConfig, dist: DistInfo) -> Inputs:
     )
     from distillkit.records import PlanRecord
     from distillkit.schemas import TRAIN_CURRICULUM_COLUMNS, TRAIN_MIXTURE_COLUMNS
+    from distillkit.seqkd import scored_dataset
     from distillkit.training.batches import TopKStore, tokenize_rows
     from distillkit.training.setup import Inputs
 
@@ -279,11 +278,7 @@ def prepare(cfg: TrainConfig, dist: DistInfo) -> Inputs:
     scores = read_artifact(schedule.scores, "score")
     check_input(scores, plan.manifest.get("inputs", []), "scores")
     sc = scores.config
-    data_path = resolve_data(sc["data"])
-    ds = load_data(DataOptions.from_config(sc).spec(data_path))  # the split and subsample the scores were made on
-    if sc.get("data_fingerprint") and ds.fingerprint != sc["data_fingerprint"]:
-        raise DataError(f"the data at {data_path} changed since it was scored into {scores.path} (fingerprint "
-                        f"{ds.fingerprint[:12]} vs {sc['data_fingerprint'][:12]}); rescore it and rebuild the plan")
+    ds = scored_dataset(scores)  # the split and subsample the scores were made on (and score --responses teacher's answers)
 
     if cfg.on_policy > 0 and ds.format == "text" and cfg.prefix_tokens is None:
         from distillkit.errors import ConfigError
