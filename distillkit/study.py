@@ -19,6 +19,10 @@ The recipe (TOML) names everything a study compares; `read_study` checks it whol
     plan = { curriculum = false }
     [arms.fkl-pocl]
     plan = { stages = 4, restart_optimizer = true }
+    [arms.fkl-sampled]
+    scores = "{out}/score-sampled"     # an arm may train from another score artifact of the same data, split,
+    plan = { curriculum = false }      # models and length (e.g. another teacher store); every arm is still
+                                       # evaluated on the study's `scores` held-out split
 
 An arm's plan with S cumulative stages (stage s trains on the easiest (s+1)/S) is given
 ``stage_length = 2·epochs/(S+1)`` epochs per stage, so every arm makes the same number of sample passes;
@@ -68,6 +72,7 @@ class Arm:
     name: str
     plan: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
+    scores: Path | None = None  # the arm's own score artifact (plan + offline teacher); None: the study's
 
 
 @dataclass(frozen=True)
@@ -161,10 +166,12 @@ def read_study(spec: str | Path, out: str | None = None, results: str | None = N
     for name, table in arms_raw.items():
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: arms.{name} must be a table with plan = {{...}} and/or train = {{...}}")
-        bad = [k for k in table if k not in ("plan", "train")]
+        bad = [k for k in table if k not in ("plan", "train", "scores")]
         if bad:
             raise ConfigError(f"{where}: arms.{name} has unknown key(s) {', '.join(bad)}; an arm has only "
-                              "plan = {...} and train = {...} (keys of `distillkit plan` / `distillkit train`)")
+                              "plan = {...}, train = {...} (keys of `distillkit plan` / `distillkit train`) and scores = \"DIR\"")
+        if "scores" in table and not isinstance(table["scores"], str):
+            raise ConfigError(f"{where}: arms.{name}.scores must be a score artifact directory (a string)")
         if not name.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"{where}: arm name {name!r} must be letters, digits, - and _ (it names files)")
         for stage in ("plan", "train"):
@@ -172,7 +179,8 @@ def read_study(spec: str | Path, out: str | None = None, results: str | None = N
             if owned:
                 raise ConfigError(f"{where}: arm {name!r} sets {stage} key(s) {', '.join(owned)}: "
                                   f"{_owned_why(stage)}; remove it from the arm")
-        arms[name] = Arm(name, dict(table.get("plan", {})), dict(table.get("train", {})))
+        arms[name] = Arm(name, dict(table.get("plan", {})), dict(table.get("train", {})),
+                         Path(table["scores"]) if "scores" in table else None)
     baseline = raw.get("baseline", next(iter(arms)))
     if baseline not in arms:
         raise ConfigError(f"{where}: baseline {baseline!r} is not an arm; arms are {', '.join(arms)}")

@@ -36,6 +36,8 @@ KIND = "study"
 REFERENCE = "reference"
 # Keys of a score config that say where or how fast it ran, not what it measured.
 _SCORE_NOT_IDENTITY = ("out", "teacher", "student", "engine", "batch_tokens", "chunk_size", "shard")
+# What an arm's own score artifact may change against the study's: the stored teacher signal, nothing else.
+_STORE_KEYS = ("top_k", "topk_format", "teacher_store", "sample_count", "sample_scheme", "sample_seed")
 
 
 @dataclass(frozen=True)
@@ -129,10 +131,12 @@ def prepare(rec: StudyRecipe) -> StudyPlan:
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
 
+    arm_scores = {name: _arm_scores(rec, name, arm.scores, score) for name, arm in rec.arms.items() if arm.scores}
+
     plans: dict[str, Any] = {}
     given: dict[str, dict[str, Any]] = {}
     for name, arm in rec.arms.items():
-        base_opts = {**rec.plan, **arm.plan, "scores": str(rec.scores), "out": str(rec.root / "plans" / name)}
+        base_opts = {**rec.plan, **arm.plan, "scores": str(arm.scores or rec.scores), "out": str(rec.root / "plans" / name)}
         first = build(PlanConfig, base_opts, f"arm {name!r} [plan]")
         stages = first.stages if first.curriculum else 1
         if rec.budget.unit == "steps" and int(rec.budget.value) % stages:
@@ -143,6 +147,8 @@ def prepare(rec: StudyRecipe) -> StudyPlan:
                                          "stage_length": int(length) if rec.budget.unit == "steps" else length},
                             f"arm {name!r} [plan]")
         given[name] = {"plan": {**rec.plan, **arm.plan}, "train": {**rec.train, **arm.train}}
+        if name in arm_scores:  # only then: the fingerprints of arms on the study's scores stay what they were
+            given[name]["scores"] = arm_scores[name][1]
 
     eval_given = dict(rec.eval)
     jobs: list[RunJob] = []
@@ -154,8 +160,9 @@ def prepare(rec: StudyRecipe) -> StudyPlan:
         if rec.budget.unit == "steps":
             opts["steps"] = int(rec.budget.value)
         tcfg = build(TrainConfig, opts, f"arm {arm!r} [train]")
-        if tcfg.teacher_mode == "offline" and srec.topk is None and not score.files("sampled/"):
-            raise ConfigError(f"arm {arm!r} trains from the offline teacher but {rec.scores} stores no teacher top-k "
+        a_score, a_rec = arm_scores[arm][0] if arm in arm_scores else (score, srec)
+        if tcfg.teacher_mode == "offline" and a_rec.topk is None and not a_score.files("sampled/"):
+            raise ConfigError(f"arm {arm!r} trains from the offline teacher but {a_score.path} stores no teacher top-k "
                               "or samples: rescore with --top-k 64 (or --teacher-store sampled), or set teacher_mode = 'online'")
         ecfg = build(EvalConfig, {"plot": False, **eval_given, "models": (f"{arm}={run_dir / 'train' / 'student'}",),
                                   "data": str(rec.scores), "out": str(run_dir / "eval")}, "[eval]")
@@ -172,8 +179,33 @@ def prepare(rec: StudyRecipe) -> StudyPlan:
         jobs.append(RunJob(REFERENCE, None, None, None, ecfg, _sha({"score": score_id, "eval": eval_given})))
     setting = {"name": rec.name, "score": score_id, "budget": {"unit": rec.budget.unit, "value": rec.budget.value},
                "baseline": rec.baseline, "eval": eval_given, "plan": rec.plan, "train": rec.train,
-               "arms": {a: {"plan": x.plan, "train": x.train} for a, x in rec.arms.items()}}
+               "arms": {a: {"plan": x.plan, "train": x.train} | ({"scores": arm_scores[a][1]} if a in arm_scores else {})
+                        for a, x in rec.arms.items()}}
     return StudyPlan(rec, plans, jobs, srec.format, setting)
+
+
+def _arm_scores(rec: StudyRecipe, name: str, path: Path, study_score) -> tuple[tuple[Any, Any], dict[str, Any]]:
+    """An arm's own score artifact, checked to hold the study's data, split, models and lengths (only the stored
+    teacher signal may differ); returns ((artifact, record), its identity)."""
+    from distillkit.artifacts import read_artifact
+    from distillkit.errors import ArtifactError
+    from distillkit.records import ScoreRecord
+
+    try:
+        art = read_artifact(path, "score")
+    except ArtifactError as e:
+        raise ConfigError(f"arm {name!r} scores {path}: {e} (score it first: distillkit score ... --out {path})") from None
+    srec = ScoreRecord.from_manifest(art.manifest, f"{path}/manifest.json")
+    if srec.is_shard:
+        raise ConfigError(f"arm {name!r} scores {path} is shard {srec.shard[0]}/{srec.shard[1]}: merge the shards first")
+    ident = {k: v for k, v in art.config.items() if k not in _SCORE_NOT_IDENTITY}
+    study_ident = {k: v for k, v in study_score.config.items() if k not in _SCORE_NOT_IDENTITY}
+    keys = (set(ident) | set(study_ident)) - set(_STORE_KEYS) - {"data"}  # the data: by its fingerprint, not its path
+    diff = sorted(k for k in keys if ident.get(k) != study_ident.get(k))
+    if diff:
+        raise ConfigError(f"arm {name!r} scores {path} differ from the study's {rec.scores} in {', '.join(diff)}: an arm's "
+                          "own scores may change only the stored teacher (top_k, teacher_store, ...); rescore with the study's settings")
+    return (art, srec), ident
 
 
 def _identity(d: dict[str, Any], drop: tuple[str, ...]) -> dict[str, Any]:

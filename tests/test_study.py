@@ -111,6 +111,35 @@ def test_rouge_on_plain_text_scores_refused(tmp_path, text_scores):
     assert r.exit_code == 2 and "needs prompt/response data" in r.output, r.output
 
 
+def test_an_arm_trains_from_its_own_scores_of_the_same_data(tmp_path, study_scores, study_scores_plain):
+    """Per-arm scores: the arm's plan (and offline teacher) read them; the other arms' run fingerprints are those
+    of the recipe without them; the evaluation stays on the study's scores."""
+    from distillkit.pipelines.study import prepare
+    from distillkit.study import read_study
+
+    plain = BASE.format(out=tmp_path / "runs", scores=study_scores)
+    own = plain.replace("plan = { stages = 2 }", f'scores = "{study_scores_plain}"\nplan = {{ stages = 2 }}')
+    assert own != plain
+    a, b = (prepare(read_study(_recipe(tmp_path / n, body))) for n, body in (("a.toml", plain), ("b.toml", own)))
+    assert Path(b.plans["pocl"].scores) == study_scores_plain and Path(b.plans["flat"].scores) == study_scores
+    fa, fb = ({j.id: j.fingerprint for j in x.jobs} for x in (a, b))
+    assert fa["flat-s0"] == fb["flat-s0"] and fa["pocl-s0"] != fb["pocl-s0"]
+    assert all(Path(j.eval.data) == study_scores for j in b.jobs)
+    # the arm's scores hold no top-k: an offline arm is refused, naming them
+    r = runner.invoke(app, ["study", str(_recipe(tmp_path / "c.toml", own + '[train]\nteacher_mode = "offline"\n'))])
+    assert r.exit_code == 2 and f"{study_scores_plain} stores no teacher top-k" in r.output, r.output
+
+
+def test_an_arm_with_scores_of_other_data_is_refused(tmp_path, study_scores, text_scores):
+    body = BASE.format(out=tmp_path / "runs", scores=study_scores).replace(
+        "plan = { stages = 2 }", f'scores = "{text_scores}"\nplan = {{ stages = 2 }}')
+    r = runner.invoke(app, ["study", str(_recipe(tmp_path / "s.toml", body))])
+    assert r.exit_code == 2, r.output
+    differing = r.output.split("differ from the study's")[1].split(":")[0]  # "... in key, key, ..."
+    assert "data_fingerprint" in differing and "top_k" not in differing
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+
+
 # ---------------------------------------------------------------- a whole study on tiny models
 
 def _instruction_rows(n: int) -> list[dict]:
