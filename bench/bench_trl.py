@@ -195,8 +195,8 @@ def run_distillkit(case: dict) -> dict:
             "--out", case["out"], "--overwrite", "--steps", str(total), "--batch-size", str(case["batch"]),
             "--seq-len", str(case["seq_len"]), "--lr", str(case["lr"]), "--loss", "fkl", "--loss-form", "pocl",
             "--kd-weight", "1", "--temperature", "1", "--mixture", "uniform", "--save-every", "0", "--seed", "0",
-            "--device", "cpu", "--set", "eval_heldout=false", "--set", "teacher_dtype=float32",
-            "--set", "precision=fp32", "--set", "weight_decay=0", "--set", "max_grad_norm=1.0",
+            "--device", "cpu", "--set", "eval_heldout=false", "--set", f"teacher_dtype={'bfloat16' if case.get('precision') == 'bf16' else 'float32'}",
+            "--set", f"precision={case.get('precision', 'fp32')}", "--set", "weight_decay=0", "--set", "max_grad_norm=1.0",
             "--set", f"log_every={total}", "--teacher-mode", case.get("teacher_mode", "online"), *case.get("extra_args", [])]
     try:
         app(args, standalone_mode=False)
@@ -318,7 +318,7 @@ def run_trl(case: dict) -> dict:
     args = GKDConfig(
         output_dir=case["out"], per_device_train_batch_size=case["batch"], gradient_accumulation_steps=1,
         max_steps=total, learning_rate=case["lr"], weight_decay=0.0, adam_beta1=BETAS[0], adam_beta2=BETAS[1],
-        max_grad_norm=1.0, lmbda=0.0, beta=0.0, temperature=1.0, seq_kd=False, bf16=False, fp16=False,
+        max_grad_norm=1.0, lmbda=0.0, beta=0.0, temperature=1.0, seq_kd=False, bf16=case.get("precision") == "bf16", fp16=False,
         gradient_checkpointing=False, use_cpu=True, report_to="none", save_strategy="no", eval_strategy="no",
         logging_steps=1, dataloader_num_workers=0, seed=0, disable_tqdm=True, max_length=case["seq_len"],
         lr_scheduler_type="constant",
@@ -390,7 +390,7 @@ def _run_trl_on_policy(case: dict, op: dict, seqs, tok, pad: int) -> dict:
         output_dir=case["out"], per_device_train_batch_size=case["batch"], gradient_accumulation_steps=1,
         max_steps=total, learning_rate=case["lr"], weight_decay=0.0, adam_beta1=BETAS[0], adam_beta2=BETAS[1],
         max_grad_norm=1.0, lmbda=1.0, beta=0.0, temperature=op["temperature"], max_new_tokens=op["max_new_tokens"],
-        seq_kd=False, bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True, report_to="none",
+        seq_kd=False, bf16=case.get("precision") == "bf16", fp16=False, gradient_checkpointing=False, use_cpu=True, report_to="none",
         save_strategy="no", eval_strategy="no", logging_steps=1, dataloader_num_workers=0, seed=0, disable_tqdm=True,
         max_length=case["seq_len"], lr_scheduler_type="constant",
     )
@@ -460,6 +460,9 @@ def main() -> None:
                     help="add a third arm: distillkit with --teacher-mode offline (the plan's scores must hold top-k)")
     ap.add_argument("--pack", action="store_true",
                     help="add `train --pack` arms: online packed (and offline packed with --offline), same batches")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="both trainers: fp32, or bf16 (distillkit: autocast student + bf16 teacher weights; TRL: bf16=True, "
+                         "its SFT default, autocast for both models). Use bf16 only where the CPU has avx512_bf16/amx_bf16")
     ap.add_argument("--case", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.case:
@@ -470,7 +473,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     base = {"teacher": a.teacher, "student": str(Path(a.student).resolve()) if Path(a.student).exists() else a.student,
             "plan": str(Path(a.plan).resolve()), "steps": a.steps, "warmup": a.warmup, "batch": a.batch, "seq_len": a.seq_len,
-            "lr": a.lr, "threads": a.threads}
+            "lr": a.lr, "threads": a.threads, "precision": a.precision}
     t0 = time.time()
     mm = spawn({"kind": "matmul", "n": a.matmul_n, "n_bf16": a.matmul_n_bf16, "reps": a.matmul_reps, "threads": a.threads},
                out / "matmul.log")
@@ -526,7 +529,7 @@ def main() -> None:
                       "mfu32": fpt * tps / peak["fp32"], "mfu16": fpt * tps / peak["bf16"],
                       "loss": rs[0]["loss"][0] if rs[0]["loss"] else float("nan"), "threads": rs[0]["threads"]}
     print()
-    print(f"{a.batch} × ≤{a.seq_len} tokens, {a.warmup} warm-up + {a.steps} timed steps × {a.repeats} runs each, fp32, "
+    print(f"{a.batch} × ≤{a.seq_len} tokens, {a.warmup} warm-up + {a.steps} timed steps × {a.repeats} runs each, {a.precision}, "
           f"{a.threads} threads; N_student {n_s / 1e6:.1f}M, N_teacher {n_t / 1e6:.1f}M, "
           f"{flops_per_token / 1e9:.2f} GFLOP/target token; TRL {runs['trl'][0].get('trl')}; wall {time.time() - t0:.0f} s")
     print(f"{'trainer':<11} {'s/step (med)':>12} {'range':>13} {'target tok/s':>12} {'ru_maxrss MB':>12} "

@@ -8,6 +8,7 @@ The recipe (TOML) names everything a study compares; `read_study` checks it whol
     scores = "{out}/score"             # a score artifact (teacher top-k for offline arms)
     seeds = [0, 1, 2]
     baseline = "fkl"
+    compare = [["tvd-pocl", "tvd"]]    # more paired comparisons for the report: [arm, its reference] (optional)
     threads = 1                        # torch threads per run
     jobs = 2                           # runs side by side
     [budget]
@@ -41,7 +42,7 @@ from typing import Any, Literal, Mapping
 
 from distillkit.errors import ConfigError
 
-TOP_KEYS = ("name", "out", "results", "scores", "teacher", "student", "seeds", "baseline", "threads", "jobs")
+TOP_KEYS = ("name", "out", "results", "scores", "teacher", "student", "seeds", "baseline", "compare", "threads", "jobs")
 TABLES = ("budget", "plan", "train", "eval", "arms")
 # Keys the study sets itself, per stage: the budget, the inputs and the outputs.
 OWNED = {
@@ -94,6 +95,7 @@ class StudyRecipe:
     references: bool = True
     threads: int | None = None
     jobs: int = 1
+    compare: tuple[tuple[str, str], ...] = ()  # (arm, reference) pairs the report compares besides the baseline
 
     def run_ids(self) -> list[tuple[str, int]]:
         """Every (arm, seed), seed-major: a study cut short has every arm at its first seeds."""
@@ -184,12 +186,31 @@ def read_study(spec: str | Path, out: str | None = None, results: str | None = N
     baseline = raw.get("baseline", next(iter(arms)))
     if baseline not in arms:
         raise ConfigError(f"{where}: baseline {baseline!r} is not an arm; arms are {', '.join(arms)}")
+    compare = _compare(raw.get("compare", []), arms, baseline, where)
     results_dir = Path(results or raw.get("results") or root / "results")
     return StudyRecipe(path=path, name=str(raw.get("name", path.stem)), root=root, results=results_dir,
                        scores=Path(raw["scores"]), teacher=raw.get("teacher"), student=raw.get("student"),
                        seeds=tuple(seeds), baseline=baseline, budget=budget, arms=arms, plan=shared["plan"],
                        train=shared["train"], eval=shared["eval"], references=references,
-                       threads=raw.get("threads"), jobs=int(raw.get("jobs", 1)))
+                       threads=raw.get("threads"), jobs=int(raw.get("jobs", 1)), compare=compare)
+
+
+def _compare(raw: Any, arms: Mapping[str, Arm], baseline: str, where: str) -> tuple[tuple[str, str], ...]:
+    """`compare = [["tvd-pocl", "tvd"], ...]`: each an arm and the arm it is paired against."""
+    ok = isinstance(raw, list) and all(isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in raw)
+    if not ok:
+        raise ConfigError(f'{where}: compare must be a list of [arm, reference] pairs, e.g. compare = [["tvd-pocl", "tvd"]]')
+    out = []
+    for arm, ref in raw:
+        bad = [x for x in (arm, ref) if x not in arms]
+        if bad:
+            raise ConfigError(f"{where}: compare names {', '.join(map(repr, bad))}, not an arm; arms are {', '.join(arms)}")
+        if arm == ref:
+            raise ConfigError(f"{where}: compare pairs {arm!r} with itself; give [arm, the arm it is compared against]")
+        if ref == baseline:
+            continue  # the report compares every arm with the baseline already
+        out.append((arm, ref))
+    return tuple(dict.fromkeys(out))
 
 
 def _owned_why(stage: str) -> str:

@@ -104,6 +104,7 @@ def write_report(rec: StudyRecipe, results: Mapping[tuple[str, int], Mapping[str
                 if value(v, m.key) is not None]
         if refs:
             lines += ["Reference (one evaluation, same prompts and sampling seeds): " + "; ".join(refs) + ".", ""]
+    lines += _compare_section(results, rec)
     if plots and summaries:
         key = next((k for k in PRIMARY if k in summaries), next(iter(summaries)))
         if _plot(summaries[key], rec, rec.results / "study.png"):
@@ -119,6 +120,32 @@ def write_report(rec: StudyRecipe, results: Mapping[tuple[str, int], Mapping[str
     out = rec.results / "report.md"
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out
+
+
+def _compare_section(results, rec: StudyRecipe) -> list[str]:
+    """The recipe's `compare` pairs: each arm against its own reference arm, paired by seed (and by prompt for
+    ROUGE-L), e.g. a divergence with POCL against the same divergence without."""
+    pairs = [(a, r) for a, r in rec.compare if any(k[0] == a for k in results) and any(k[0] == r for k in results)]
+    if not pairs:
+        return []
+    rows = []
+    for m in metrics_present(results):
+        for arm, ref in pairs:
+            s = summarize(results, [ref, arm], ref, m)
+            if len(s) < 2:
+                continue
+            a = s[1]
+            n = a.paired.n if a.paired is not None else 0
+            rows.append([m.label, f"{arm} − {ref}", str(n), _ci(a.paired, m.fmt),
+                         _ci(a.paired_prompts, m.fmt) if m.key == "rouge_l" else "", a.verdict or "too few runs",
+                         _f(a.detectable, m.fmt)])
+    if not rows:
+        return []
+    return (["## Paired comparisons besides the baseline", "",
+             "Each arm against the arm named with it in the recipe's `compare`, paired by training seed (and, for ROUGE-L, "
+             "by held-out prompt), read as the tables above.", ""]
+            + _table(["metric", "comparison", "seeds", "Δ [95 % CI]", "Δ over prompts [95 % CI]", "verdict", "detectable"], rows)
+            + [""])
 
 
 def _domain_section(results, arms: list[str]) -> list[str]:

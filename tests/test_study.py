@@ -62,6 +62,38 @@ def test_summary_from_result_files_matches_hand_computation(tmp_path):
     assert s["pocl"].paired_prompts.mean == pytest.approx(-2.0) and s["pocl"].paired_prompts.n == 2
 
 
+def test_report_compares_the_recipe_pairs_by_hand(tmp_path):
+    """compare = [["b-pocl", "b"]]: the report pairs b-pocl with b (not with the baseline), seed by seed."""
+    from distillkit.study import read_study
+    from distillkit.study_report import write_report
+
+    rec_path = _recipe(tmp_path / "s.toml", 'scores = "x"\nbaseline = "a"\ncompare = [["b-pocl", "b"], ["b", "a"]]\n'
+                       "[budget]\nepochs = 1\n[arms.a]\n[arms.b]\ntrain = { loss = 'tvd' }\n"
+                       "[arms.b-pocl]\nplan = { stages = 2 }\ntrain = { loss = 'tvd' }\n")
+    rec = read_study(rec_path, out=str(tmp_path / "runs"), results=str(tmp_path / "res"))
+    assert rec.compare == (("b-pocl", "b"),)  # [b, a] is the baseline comparison the report makes anyway
+    res = {}
+    for seed, (a, b, bp) in enumerate([(0.20, 0.10, 0.15), (0.20, 0.12, 0.14), (0.20, 0.11, 0.16)]):
+        for arm, v in (("a", a), ("b", b), ("b-pocl", bp)):
+            res[(arm, seed)] = {"metrics": {"rouge_l": v}, "per_prompt": {"rouge_l": {"p1": v, "p2": v}}}
+    rec.results.mkdir(parents=True)
+    text = write_report(rec, res, None, {}, plots=False).read_text()
+    # b-pocl - b per seed: 5, 2, 5 points -> mean 4, s = sqrt(3) = 1.732051, half = 4.302653 * 1.732051 / sqrt(3) = 4.302653
+    row = next(line for line in text.splitlines() if "b-pocl − b" in line)
+    assert "4.00 [-0.30, 8.30]" in row and "no difference detected" in row, row
+
+
+@pytest.mark.parametrize("compare, message", [
+    ('[["pocl", "nope"]]', "compare names 'nope', not an arm"),
+    ('[["pocl", "pocl"]]', "compare pairs 'pocl' with itself"),
+    ('["pocl"]', "compare must be a list of [arm, reference] pairs"),
+])
+def test_bad_compare_exit_2(tmp_path, study_scores, compare, message):
+    body = BASE.format(out=tmp_path / "runs", scores=study_scores).replace('baseline = "flat"', f'baseline = "flat"\ncompare = {compare}')
+    r = runner.invoke(app, ["study", str(_recipe(tmp_path / "s.toml", body))])
+    assert r.exit_code == 2 and message in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
 # ---------------------------------------------------------------- recipes that are refused (exit 2, one line)
 
 def _recipe(path: Path, body: str) -> Path:
