@@ -425,8 +425,8 @@ def model_fingerprint(model_dir: str | Path) -> str:
     for f in sorted(d.iterdir()):
         if not f.is_file() or f.suffix not in (".safetensors", ".bin", ".json", ".model", ".pt", ".txt"):
             continue
-        if f.name == "manifest.json":  # a pruned student is also an artifact: its manifest (dates, commit) is no weight
-            continue
+        if f.name in ("manifest.json", "distillkit-prune.json"):  # a pruned student's provenance (dates, commit, the
+            continue  # source's cache path) is no weight: the same prune made twice is the same student
         size = f.stat().st_size
         h.update(f"{f.name}:{size}\n".encode())
         with open(f, "rb") as fh:

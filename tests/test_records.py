@@ -100,6 +100,11 @@ def test_prune_is_a_stage(tmp_path, tiny_teacher_dir):
     assert load_model(out).config.num_hidden_layers == 1
     fp = model_fingerprint(out)
     assert run(cfg).status == "skipped" and model_fingerprint(out) == fp
+    again = tmp_path / "again"  # the same prune made later (another date and commit in its records): the same student
+    run(dataclasses.replace(cfg, out=str(again)))
+    rec = json.loads((again / PRUNE_FILE).read_text())
+    (again / PRUNE_FILE).write_text(json.dumps({**rec, "created_at": "2031-01-01T00:00:00+00:00", "source_dir": "/elsewhere"}))
+    assert model_fingerprint(again) == fp
     with pytest.raises(OutputExists, match="another config"):
         run(dataclasses.replace(cfg, drop_layers="0"))
     assert run(dataclasses.replace(cfg, drop_layers="0"), overwrite=True).manifest["prune"]["dropped_layers"] == [0]
