@@ -252,7 +252,8 @@ def _args(cfg: TrainConfig) -> list[str]:
     return ["train", "--plan", cfg.plan, "--teacher", cfg.teacher, "--student", cfg.student, "--out", cfg.out,
             "--batch-size", str(cfg.batch_size), "--seq-len", str(cfg.seq_len), "--lr", str(cfg.lr), "--steps", str(cfg.steps),
             "--save-every", str(cfg.save_every), "--set", f"log_every={cfg.log_every}",
-            "--set", f"eval_heldout={str(cfg.eval_heldout).lower()}", "--grad-accum", str(cfg.grad_accum)]
+            "--set", f"eval_heldout={str(cfg.eval_heldout).lower()}", "--grad-accum", str(cfg.grad_accum),
+            "--set", f"precision={cfg.precision}"]
 
 
 def _weights(out: Path) -> dict[str, torch.Tensor]:
@@ -290,7 +291,9 @@ def test_torchrun_ddp_and_fsdp2_match_single_process(pipeline, tmp_path):
 
     Both torchrun launches run concurrently while the single-process reference trains here.
     """
-    single = cfg_for(pipeline, tmp_path / "single", steps=8, grad_accum=4, save_every=4)
+    # fp32 on every CPU: the 1e-5 tolerance is for fp32 summation order (under bf16 autocast, which `auto` picks on
+    # a CPU with avx512_bf16/amx_bf16, the different reduction order moves the loss by ~4e-5)
+    single = cfg_for(pipeline, tmp_path / "single", steps=8, grad_accum=4, save_every=4, precision="fp32")
     procs = {}
     for strategy in ("ddp", "fsdp2"):
         multi = replace(single, out=str(tmp_path / strategy), grad_accum=2)  # accumulation across no_sync micro-batches
