@@ -10,6 +10,7 @@ tables out.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -36,11 +37,23 @@ def _f(x: float | None, fmt: str = "{:.2f}") -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
 
 
+def _fine(fmt: str, *xs: float | None) -> str:
+    """`fmt` ("{:.Nf}") with more decimals where it would round the smallest nonzero |x| to fewer than two
+    significant digits (a paired difference of 0.014 ppl shows as 0.014, not 0.01), at most 6."""
+    m = re.fullmatch(r"\{:\.(\d+)f\}", fmt)
+    vals = [abs(x) for x in xs if isinstance(x, (int, float)) and math.isfinite(x) and x != 0]
+    if not m or not vals:
+        return fmt
+    need = 1 - math.floor(math.log10(min(vals)))  # decimals that show two significant digits
+    return "{:.%df}" % min(6, max(int(m.group(1)), need))
+
+
 def _ci(e, fmt: str) -> str:
     if e is None:
         return "–"
     if e.n < 2:
         return f"{_f(e.mean, fmt)} (n=1)"
+    fmt = _fine(fmt, e.mean, e.hi - e.lo)
     return f"{_f(e.mean, fmt)} [{_f(e.lo, fmt)}, {_f(e.hi, fmt)}]"
 
 
@@ -94,7 +107,7 @@ def write_report(rec: StudyRecipe, results: Mapping[tuple[str, int], Mapping[str
             rows.append([f"**{a.arm}**" if a.arm == rec.baseline else a.arm, str(a.estimate.n), _pm(a.estimate, m.fmt),
                          "(baseline)" if a.arm == rec.baseline else _ci(a.paired, m.fmt),
                          _ci(a.paired_prompts, m.fmt) if m.key == "rouge_l" and a.arm != rec.baseline else "",
-                         a.verdict, _f(a.detectable, m.fmt)])
+                         a.verdict, _f(a.detectable, _fine(m.fmt, a.detectable))])
         header = ["arm", "seeds", "mean ± 95 % CI", "Δ vs baseline [95 % CI]", "Δ over prompts [95 % CI]", "verdict", "detectable"]
         if m.key != "rouge_l":
             header.pop(4)

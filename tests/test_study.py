@@ -330,3 +330,12 @@ def test_two_workers_share_the_queue(tmp_path, study_scores):
     done = [line for text in logs.values() for line in text.splitlines() if line.startswith("study run ") and " done in " in line]
     assert sorted(x.split()[2] for x in done) == sorted(["flat-s0", "flat-s1", "pocl-s0", "pocl-s1", "reference"])
     assert (results / "report.md").is_file() and not list((out / "locks").glob("*.lock"))
+
+
+def test_report_shows_small_paired_differences_with_enough_decimals():
+    from distillkit.study_report import _fine
+
+    assert _fine("{:.2f}", 0.014, 0.002) == "{:.4f}"  # a 0.014 ppl difference is not printed as 0.01 [0.01, 0.01]
+    assert _fine("{:.2f}", -2.26, 2.3) == "{:.2f}"  # wide enough already
+    assert _fine("{:.1f}", 0.0, None, float("nan")) == "{:.1f}"  # nothing to refine
+    assert _fine("{:.2f}", 1e-12) == "{:.6f}"  # capped
