@@ -136,6 +136,33 @@ def test_greedy_answers_equal_transformers_generate_and_targets_are_the_answers(
     assert batch.num_targets == sum(int((batch.labels[r] != IGNORE).sum()) for r in range(len(rows)))
 
 
+def test_bf16_generation_keeps_autocasts_weight_cache(pipelines, tmp_path, monkeypatch):
+    """Under bf16 autocast the student generates with grad off but *not* in inference mode, which would turn off
+    autocast's cache of the bf16 weight casts (every decode step re-casting every weight: 2.8x slower decode on the
+    demo student, docs/train.md); the tokens equal those of a run that re-casts (inference mode)."""
+    from distillkit.evaluation import generation
+    from distillkit.training.onpolicy import OnPolicy, student_batch
+
+    cfg, inputs = _inputs(pipelines, tmp_path)
+    op = OnPolicy(fraction=1.0, max_new_tokens=6, temperature=1.0, top_p=1.0, prompt_from="prompt", prefix_tokens=0,
+                  seq_len=48, seed=5, pad_id=inputs.pad_id, eos_ids=())
+    model, modes = inputs.student, []
+    real = type(model).generate
+
+    def spy(self, *a, **kw):
+        modes.append((torch.is_inference_mode_enabled(), torch.is_grad_enabled(), torch.is_autocast_enabled("cpu")))
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(type(model), "generate", spy)
+    fast = student_batch(model, inputs.seqs, [1, 2, 3], op, step=0, rank=0, micro=0, device="cpu", autocast=torch.bfloat16)
+    assert modes == [(False, False, True)]
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda *a: False)  # the old path: inference mode, no cache
+    slow = student_batch(model, inputs.seqs, [1, 2, 3], op, step=0, rank=0, micro=0, device="cpu", autocast=torch.bfloat16)
+    assert modes[1][0] is True and torch.equal(fast.input_ids, slow.input_ids)
+    monkeypatch.undo()
+    student_batch(model, inputs.seqs, [1], op, step=0, rank=0, micro=0, device="cpu")  # fp32: inference mode as before
+
+
 def test_sampled_answers_depend_only_on_seed_and_step_and_leave_the_global_rng(pipelines, tmp_path):
     from distillkit.training.onpolicy import OnPolicy, student_batch
 

@@ -54,7 +54,11 @@ def sample_answers(
             ids[r, width - len(p) :] = p
             mask[r, width - len(p) :] = 1
         torch.manual_seed(seed * 1_000_003 + b)
-        with torch.inference_mode():
+        # Under autocast, no_grad rather than inference_mode: inference mode turns off autocast's cache of the
+        # bf16 weight casts, so every decode step re-casts every weight (2.8x slower decode measured on a CPU
+        # with amx_bf16, 203 vs 72 ms per step of the 23-layer demo student). Same tokens either way.
+        fast_cast = torch.is_autocast_enabled(device.type)
+        with torch.no_grad() if fast_cast else torch.inference_mode():
             gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                                  pad_token_id=pad_id, **kwargs)
         for r, i in enumerate(batch):
