@@ -10,7 +10,8 @@ loss is the divergence alone on the answer tokens. The machinery is `bench_trl.p
 subprocess, runs alternate distillkit, TRL, distillkit, TRL, ... so other jobs' load falls on both, and a step
 is the wall time between consecutive optimizer-step ends -- here it *includes* generation.
 
-Same on both sides: teacher and student, fp32 weights and compute, batch (`--batch` prompts, one micro-batch),
+Same on both sides: teacher and student, fp32 weights, fp32 compute (or both bf16 with `--precision bf16`, on
+a CPU with avx512_bf16/amx_bf16: distillkit's bf16 autocast + bf16 teacher, TRL's `bf16=True`), batch (`--batch` prompts, one micro-batch),
 the prompts and their order (TRL gets the rows distillkit's run drew, from its `batches.arrow`, each cut as
 distillkit cuts it: the row's prompt, the last `seq_len - max_new_tokens` tokens), `--max-new-tokens`,
 sampling at temperature `--gen-temperature`, top-p 1 and top-k off (TRL hard-codes `top_k=0, top_p=1.0`;
@@ -57,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_trl as bt  # noqa: E402
 
 
-def summarize(rs: list[dict], peak_fp32: float, flops_per_token: float) -> dict:
+def summarize(rs: list[dict], peak_fp32: float, peak_bf16: float, flops_per_token: float) -> dict:
     dts = [x for r in rs for x in r["s_per_step"]]
     gen = [x for r in rs for x in r["gen_s"]]
     tgt = [x for r in rs for x in r["targets"]]
@@ -68,7 +69,7 @@ def summarize(rs: list[dict], peak_fp32: float, flops_per_token: float) -> dict:
             "tgt_tps": sum(tgt) / t, "tok_tps": sum(tok) / t, "gen_only_tps": sum(tgt) / sum(gen),
             "rest_s_step": statistics.median(d - g for d, g in zip(dts, gen)),
             "rss": max(r["ru_maxrss_mb"] for r in rs), "rss_steps": max(r["peak_rss_steps_mb"] for r in rs),
-            "mfu32": flops_per_token * sum(tok) / t / peak_fp32,
+            "mfu32": flops_per_token * sum(tok) / t / peak_fp32, "mfu16": flops_per_token * sum(tok) / t / peak_bf16,
             "loss": rs[0]["loss"][0] if rs[0]["loss"] else float("nan"), "threads": rs[0]["threads"]}
 
 
@@ -89,6 +90,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--matmul-n", type=int, default=2048)
     ap.add_argument("--matmul-reps", type=int, default=5)
+    ap.add_argument("--matmul-n-bf16", type=int, default=1024, help="bf16 size (CPUs without bf16 units run it ~50× slower)")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="both trainers: fp32, or bf16 (distillkit: autocast student + bf16 teacher weights; TRL: bf16=True, "
+                         "autocast for both models). Use bf16 only where the CPU has avx512_bf16/amx_bf16")
     ap.add_argument("--keep", action="store_true", help="keep each distillkit run's checkpoint and student")
     a = ap.parse_args()
 
@@ -97,14 +102,14 @@ def main() -> None:
     gen = {"max_new_tokens": a.max_new_tokens, "temperature": a.gen_temperature, "top_p": 1.0}
     base = {"teacher": a.teacher, "student": str(Path(a.student).resolve()) if Path(a.student).exists() else a.student,
             "plan": str(Path(a.plan).resolve()), "steps": a.steps, "warmup": a.warmup, "batch": a.batch, "seq_len": a.seq_len,
-            "lr": a.lr, "threads": a.threads}
+            "lr": a.lr, "threads": a.threads, "precision": a.precision}
     dk_extra = ["--set", "on_policy=1", "--set", f"gen_max_new_tokens={a.max_new_tokens}",
                 "--set", f"gen_temperature={a.gen_temperature}", "--set", "gen_top_p=1.0"]
     t0 = time.time()
-    mm = bt.spawn({"kind": "matmul", "n": a.matmul_n, "n_bf16": 256, "reps": a.matmul_reps, "threads": a.threads},
+    mm = bt.spawn({"kind": "matmul", "n": a.matmul_n, "n_bf16": a.matmul_n_bf16, "reps": a.matmul_reps, "threads": a.threads},
                   out / "matmul.log")
     print(f"matmul ({mm['threads']} threads, best of {a.matmul_reps}): fp32 {a.matmul_n}² {mm['fp32']['best_gflops']:.1f} GFLOP/s "
-          f"(median {mm['fp32']['median_gflops']:.1f})", flush=True)
+          f"(median {mm['fp32']['median_gflops']:.1f}), bf16 {a.matmul_n_bf16}² {mm['bf16']['best_gflops']:.1f} GFLOP/s", flush=True)
     runs: dict[str, list[dict]] = {"distillkit": [], "trl": []}
 
     def report(r: int, name: str, res: dict) -> None:
@@ -127,27 +132,27 @@ def main() -> None:
     # Same prompts on both sides: the prompt tokens of each kept step (non-pad tokens − generated ones).
     prompts = {k: [[t - g for t, g in zip(x["tokens"], x["targets"])] for x in v] for k, v in runs.items()}
     same_prompts = prompts["distillkit"] == prompts["trl"]
-    peak = mm["fp32"]["best_gflops"] * 1e9
+    peak, peak16 = mm["fp32"]["best_gflops"] * 1e9, mm["bf16"]["best_gflops"] * 1e9
     n_s, n_t = runs["distillkit"][0]["n_student"], runs["distillkit"][0]["n_teacher"]
     fpt = 8 * n_s + 2 * n_t
-    rows = {name: summarize(rs, peak, fpt) for name, rs in runs.items()}
+    rows = {name: summarize(rs, peak, peak16, fpt) for name, rs in runs.items()}
     print()
     print(f"on-policy (every step), batch {a.batch}, ≤{a.max_new_tokens} new tokens at temperature {a.gen_temperature:g}, "
           f"top-p 1, top-k off, prompts ≤{a.seq_len - a.max_new_tokens} tok; {a.warmup} warm-up + {a.steps} timed steps × "
-          f"{a.repeats} runs each, fp32, {a.threads} threads; N_student {n_s / 1e6:.1f}M, N_teacher {n_t / 1e6:.1f}M; "
+          f"{a.repeats} runs each, {a.precision}, {a.threads} threads; N_student {n_s / 1e6:.1f}M, N_teacher {n_t / 1e6:.1f}M; "
           f"TRL {runs['trl'][0].get('trl')}; same prompts per step: {same_prompts}; wall {time.time() - t0:.0f} s")
     print(f"{'trainer':<11} {'s/step':>7} {'range':>13} {'gen s/step':>10} {'gen %':>6} {'gen tok/step':>12} "
           f"{'tok/step':>8} {'gen tok/s':>9} {'total tok/s':>11} {'gen-only tok/s':>14} {'ru_maxrss MB':>12} "
-          f"{'steps RSS MB':>12} {'MFU fp32':>8} {'step-1 KL':>9}")
+          f"{'steps RSS MB':>12} {'MFU fp32':>8} {'MFU bf16':>8} {'step-1 KL':>9}")
     for name, r in rows.items():
         print(f"{name:<11} {r['s_step']:>7.2f} {r['spread'][0]:>6.2f}-{r['spread'][1]:<6.2f} {r['gen_s_step']:>10.2f} "
               f"{r['gen_share']:>6.1%} {r['tgt_step']:>12.1f} {r['tok_step']:>8.1f} {r['tgt_tps']:>9.2f} {r['tok_tps']:>11.2f} "
-              f"{r['gen_only_tps']:>14.2f} {r['rss']:>12.0f} {r['rss_steps']:>12.0f} {r['mfu32']:>8.1%} {r['loss']:>9.4f}")
+              f"{r['gen_only_tps']:>14.2f} {r['rss']:>12.0f} {r['rss_steps']:>12.0f} {r['mfu32']:>8.1%} {r['mfu16']:>8.1%} {r['loss']:>9.4f}")
     d, t = rows["distillkit"], rows["trl"]
     print(f"distillkit/trl: generated tok/s ×{d['tgt_tps'] / t['tgt_tps']:.2f}, total tok/s ×{d['tok_tps'] / t['tok_tps']:.2f}, "
           f"s/step ×{d['s_step'] / t['s_step']:.2f} (generation ×{d['gen_s_step'] / t['gen_s_step']:.2f}, the rest "
           f"×{d['rest_s_step'] / t['rest_s_step']:.2f}), ru_maxrss ×{d['rss'] / t['rss']:.2f}, step RSS ×{d['rss_steps'] / t['rss_steps']:.2f}")
-    print(f"peak used for MFU: fp32 {peak / 1e9:.1f} GFLOP/s (measured above); FLOPs per non-pad token (8·N_s + 2·N_t) "
+    print(f"peak used for MFU: fp32 {peak / 1e9:.1f}, bf16 {peak16 / 1e9:.1f} GFLOP/s (measured above); FLOPs per non-pad token (8·N_s + 2·N_t) "
           f"{fpt / 1e9:.2f} G")
     (out / "result.json").write_text(json.dumps({"matmul": mm, "runs": runs, "rows": rows, "same_prompts": same_prompts},
                                                 indent=1))
