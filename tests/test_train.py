@@ -262,8 +262,10 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
     return load_file(out / "student" / "model.safetensors")
 
 
-def test_killed_run_resumes_to_bitwise_identical_weights(pipeline, tmp_path):
-    cfg = cfg_for(pipeline, tmp_path / "killed", steps=40, save_every=4)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_killed_run_resumes_to_bitwise_identical_weights(pipeline, tmp_path, precision):
+    """Bitwise within one precision: bf16 autocast too (emulated, and slower, on a CPU without native bf16)."""
+    cfg = cfg_for(pipeline, tmp_path / "killed", steps=40, save_every=4, precision=precision)
     ckpts = tmp_path / "killed.partial" / "checkpoints"
     kill_when(_args(cfg), lambda: any(ckpts.glob("step-*")), env=_env(), cwd=ROOT)
     assert not (tmp_path / "killed").exists()
