@@ -281,7 +281,10 @@ def test_study_end_to_end_skip_resume_and_pickup(tmp_path, study_scores, monkeyp
     got = load_results(results)
     d = paired({s: got[("pocl", s)]["metrics"]["rouge_l"] * 100 for s in (0, 1)},
                {s: got[("flat", s)]["metrics"]["rouge_l"] * 100 for s in (0, 1)})
-    assert f"{d.mean:.2f} [{d.lo:.2f}, {d.hi:.2f}]" in report
+    from distillkit.study_report import _fine
+
+    f = _fine("{:.2f}", d.mean, d.hi - d.lo)  # two decimals, more where the CI is narrower than that shows
+    assert f"{f.format(d.mean)} [{f.format(d.lo)}, {f.format(d.hi)}]" in report
 
     # 3. a third run does nothing
     r = runner.invoke(app, ["study", str(recipe), "--results", str(results), "--threads", "1"])

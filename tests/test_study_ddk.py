@@ -254,7 +254,10 @@ def test_mixture_study_end_to_end_reports_gap_closed(tmp_path, ddk_scores):
     assert (results / "gap_closed.png").is_file() and (results / "study.png").is_file()
     d = paired({s: got[("ddk", s)]["metrics"]["gap_closed_min"] * 100 for s in (0, 1)},
                {s: got[("uniform", s)]["metrics"]["gap_closed_min"] * 100 for s in (0, 1)})
-    assert f"{d.mean:.1f} [{d.lo:.1f}, {d.hi:.1f}]" in report
+    from distillkit.study_report import _fine
+
+    f = _fine("{:.1f}", d.mean, d.hi - d.lo)  # one decimal, more where the CI is narrower than that shows
+    assert f"{f.format(d.mean)} [{f.format(d.lo)}, {f.format(d.hi)}]" in report
     # the per-domain table: each arm's mean over seeds, the other arm's paired difference in brackets
     alpha = [got[("ddk", s)]["domains"]["gap_closed"]["alpha"] - got[("uniform", s)]["domains"]["gap_closed"]["alpha"] for s in (0, 1)]
     assert f"({100 * sum(alpha) / 2:+.1f})" in report
