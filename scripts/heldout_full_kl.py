@@ -35,6 +35,7 @@ def main() -> None:
     a = ap.parse_args()
 
     import numpy as np
+    import pyarrow as pa
     import pyarrow.compute as pc
     import torch
 
@@ -53,16 +54,14 @@ def main() -> None:
     for d in sorted(set(val.column("domain").to_pylist())):
         t = val.filter(pc.equal(val.column("domain"), d))
         parts.append(t.slice(0, a.docs) if a.docs is not None else t)
-    import pyarrow as pa
-
     rows = pa.concat_tables(parts)
     teacher_dir = resolve_model(a.teacher, role="teacher")
     tok = load_tokenizer(str(teacher_dir))
     seqs = tokenize_rows(rows, ds.format, tok, max_length, a.seq_len or max_length)
-    labels = [m.split("=", 1)[0] for m in a.model]
+    paths = dict(m.split("=", 1) for m in a.model)  # label -> student
+    labels = list(paths)
     teacher = load_model(teacher_dir, dtype="float32", role="teacher").eval()
-    students = [load_model(resolve_model(m.split("=", 1)[1], role="student"), dtype="float32", role="student").eval()
-                for m in a.model]
+    students = [load_model(resolve_model(paths[lab], role="student"), dtype="float32", role="student").eval() for lab in labels]
     per_doc = {lab: {"kl": [], "nll": []} for lab in labels}
     targets: list[int] = []
     t0 = time.time()
@@ -84,7 +83,7 @@ def main() -> None:
                 console.print(f"{i + 1}/{len(seqs)} documents, {time.time() - t0:.0f} s", highlight=False)
     n = float(np.sum(targets))
     out = {"scores": str(Path(a.scores)), "teacher": a.teacher, "docs_per_domain": a.docs, "documents": len(seqs),
-           "target_tokens": int(n), "models": dict(zip(labels, [m.split("=", 1)[1] for m in a.model])),
+           "target_tokens": int(n), "models": paths,
            "mean": {lab: {"kl": sum(v["kl"]) / n, "nll": sum(v["nll"]) / n, "ppl": float(np.exp(sum(v["nll"]) / n))}
                     for lab, v in per_doc.items()},
            "per_doc": {"sample_id": list(seqs.sample_id), "targets": targets, **per_doc}, "wall_s": round(time.time() - t0, 1)}
