@@ -11,6 +11,8 @@ mixture and the curriculum differ:
     d  KD + POCL          as b on the POCL plan: 4 cumulative easy->hard stages, T 1->2, λ 0.7->1
     e  KD + POCL + DDK    d and c together
     f  DDK, no smoothing  as c with Eq. 1 re-applied at each interval instead of Eq. 2's smoothing
+    g  DDK, log-ratio     as c with the bounded factor for large gaps (weights ∝ ppl_S/ppl_T, τ = 1;
+                          docs/methods.md), initial weights and re-weighting alike (issue 14)
     (DDK's other ablation, equal sampling, is arm b: the same loss with uniform domain draws.)
 
 Stages: prune -> score (full corpus, 128 tokens) -> two plans (one flat stage; POCL's 4 stages) ->
@@ -41,7 +43,12 @@ ARMS = {
     "d": {"name": "KD + POCL", "plan": "pocl", "mixture": "uniform"},
     "e": {"name": "KD + POCL + DDK", "plan": "pocl", "mixture": "ddk"},
     "f": {"name": "KD + DDK, no smoothing", "plan": "flat", "mixture": "ddk", "ddk_smoothing": False},
+    "g": {"name": "KD + DDK, log-ratio", "plan": "flat-logratio", "mixture": "ddk"},
 }
+# The plans the arms draw from: the flat one, its twin with the log-ratio DDK factor (the plan holds the factor
+# for the initial weights; train's re-weighting takes it from the plan) and POCL's 4 stages.
+PLANS = {"flat": {"curriculum": False}, "flat-logratio": {"curriculum": False, "ddk_factor": "log-ratio"},
+         "pocl": {"stages": 4, "plot": True}}
 
 
 def _stage(name: str, fn, cfg_cls, options: dict) -> Path:
@@ -58,7 +65,7 @@ def _stage(name: str, fn, cfg_cls, options: dict) -> Path:
 
 
 SETTING = ("teacher", "drop_layers", "steps", "batch_size", "seq_len", "max_per_domain", "lr", "ddk_interval",
-           "heldout_docs", "scores")
+           "heldout_docs", "scores", "precision")
 
 
 def _record_study(path: Path, args: argparse.Namespace) -> None:
@@ -88,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--ddk-interval", type=int, default=10)
     ap.add_argument("--heldout-docs", type=int, default=16, help="held-out docs per domain for DDK and the before/after table")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
+                    help="the student's compute precision in every arm (fp32: the same numbers on CPUs with and without native bf16)")
     ap.add_argument("--scores", default=None, help="reuse this score artifact (same teacher, student and data) instead of scoring")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--arms", default="a,b,c,d,e,f")
@@ -116,13 +125,11 @@ def main(argv: list[str] | None = None) -> None:
         _stage("score", score.run, score.ScoreConfig, {
             "data": "demo", "teacher": args.teacher, "student": str(student), "out": str(root / "score"),
             "max_length": args.seq_len, "max_per_domain": args.max_per_domain, "dtype": "float32", "chunk_size": 512})
-    common_plan = {"scores": str(scores), "stage_unit": "steps"}
-    _stage("plan flat", plan.run, plan.PlanConfig, {
-        **common_plan, "out": str(root / "plan-flat"), "curriculum": False, "stage_length": args.steps,
-        "ddk_interval": args.ddk_interval})
-    _stage("plan pocl", plan.run, plan.PlanConfig, {
-        **common_plan, "out": str(root / "plan-pocl"), "stages": 4, "stage_length": args.steps // 4,
-        "ddk_interval": args.ddk_interval, "plot": True})
+    for name in dict.fromkeys(ARMS[a]["plan"] for a in arms):
+        stages = PLANS[name].get("stages", 1)
+        _stage(f"plan {name}", plan.run, plan.PlanConfig, {
+            "scores": str(scores), "stage_unit": "steps", "out": str(root / f"plan-{name}"),
+            "stage_length": args.steps // stages, "ddk_interval": args.ddk_interval, **PLANS[name]})
 
     for seed in seeds:
         for arm in arms:
@@ -135,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
                 "batch_size": args.batch_size, "seq_len": args.seq_len, "lr": args.lr, "seed": seed,
                 "mixture": a["mixture"], "ddk_interval": args.ddk_interval, "heldout_docs": args.heldout_docs,
                 "save_every": max(args.steps // 2, 1), "log_every": 10, "teacher_dtype": "float32",
+                "precision": args.precision,
             }
             for k in ("kd_weight", "ddk_smoothing"):
                 if k in a:

@@ -3,9 +3,11 @@
 Reads only distillkit artifacts (each opened with distillkit.artifacts.read_artifact, which checks
 the manifest's sizes and hashes): train/<arm>-s<seed>/{heldout,metrics,mixture}.arrow and
 eval-s<seed>/results.arrow. Every table cell is a mean ± sample standard deviation over the seeds that
-have the arm (n is printed); the manifests' sha256 are listed at the end so each number traces back.
+have the arm (n is printed); each arm's paired difference to arm b (same seed) is given with its 95 % CI,
+verdict and smallest detectable difference (distillkit.stats); the manifests' sha256 are listed at the end so
+each number traces back. Plots go to --img (linked relative to --out).
 
-    python bench/quality/summarize.py --study runs/study --out docs/results.md
+    python bench/quality/summarize.py --study runs/study --out docs/results-tables.md --img docs/results
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def load(study: Path) -> dict:
         evals[int(d.name.split("-s")[1])] = art.table("results.arrow").to_pylist()
         limits.add(art.manifest["config"].get("limit"))
         traces.append((str(d), hashlib.sha256((d / "manifest.json").read_bytes()).hexdigest()[:16]))
-    for name in ("score", "plan-flat", "plan-pocl"):
+    for name in ("score", "plan-flat", "plan-flat-logratio", "plan-pocl"):
         m = study / name / "manifest.json"
         if m.is_file():
             traces.append((str(study / name), hashlib.sha256(m.read_bytes()).hexdigest()[:16]))
@@ -80,7 +82,36 @@ def _overall(held: list[dict], key: str) -> float:
     return math.exp(sum(math.log(r[key]) * r["tokens"] for r in held) / tok)
 
 
-def summarize(study: Path, out: Path) -> str:
+def _gap_closed_min(held: list[dict], min_ratio: float = 1.05) -> float:
+    """The perplexity gap closed in the lagging domain: min over domains of (before − after) / (before − teacher),
+    leaving out domains whose student starts within `min_ratio` of the teacher (no gap to close)."""
+    return min((r["student_ppl_before"] - r["student_ppl_after"]) / (r["student_ppl_before"] - r["teacher_ppl"])
+               for r in held if r["student_ppl_before"] > min_ratio * r["teacher_ppl"])
+
+
+def _paired_table(runs: dict, arms: list[str], base: str = "b") -> list[str]:
+    """Each arm against `base` on the same seeds: mean Δ [95 % CI], verdict, smallest detectable |Δ|."""
+    from distillkit.stats import detectable, paired, verdict
+
+    metrics = (("held-out ppl (overall)", lambda h: _overall(h, "student_ppl_after"), False, "{:+.2f}"),
+               ("KL to teacher (overall)", lambda h: _overall(h, "kl_after"), False, "{:+.4f}"),
+               ("ppl gap closed, lagging domain", _gap_closed_min, True, "{:+.4f}"))
+    rows = [f"| arm vs {base} | metric | seeds | Δ mean [95 % CI] | verdict | detectable |", "|---|---|---:|---|---|---:|"]
+    for a in arms:
+        if a == base:
+            continue
+        for label, fn, higher, fmt in metrics:
+            d = paired({s: fn(r["heldout"]) for s, r in runs[a].items()},
+                       {s: fn(r["heldout"]) for s, r in runs[base].items()})
+            if d is None:
+                continue
+            ci = "" if d.n < 2 else f" [{fmt.format(d.lo)}, {fmt.format(d.hi)}]"
+            det = "–" if d.n < 2 else fmt.format(detectable(d)).lstrip("+")
+            rows.append(f"| {a} | {label} | {d.n} | {fmt.format(d.mean)}{ci} | {verdict(d, higher)} | {det} |")
+    return rows
+
+
+def summarize(study: Path, out: Path, img: Path | None = None) -> str:
     import numpy as np
 
     data = load(study)
@@ -117,6 +148,16 @@ def summarize(study: Path, out: Path) -> str:
             wins = f"{sum(mean_d[d] < base_ppl[d] for d in domains)}/{len(domains)}"
         P(f"| {a} | {ARMS[a]['name']} | {len(ppl)} | {_ms(ppl, '{:.1f}')} | {_ms(kl, '{:.3f}')} | {wins} |")
     P("")
+    if "b" in runs and len(arms) > 1:
+        P("## Paired differences to arm b (same seed; 95 % t-CI over seeds; detectable: two-sided 5 %, power 0.8)\n")
+        P("Lagging domain: the smallest (ppl_before − ppl_after) / (ppl_before − ppl_teacher) over the domains "
+          "that start more than 1.05× the teacher's perplexity.\n")
+        lines.extend(_paired_table(runs, arms))
+        P("")
+    if "c" in runs and "g" in runs:
+        P("The log-ratio factor against the paper's (arm g vs arm c, same seed):\n")
+        lines.extend(_paired_table(runs, ["g"], base="c"))
+        P("")
 
     P("## Held-out perplexity per domain after training (mean ± std over seeds)\n")
     P("| domain | tokens | teacher | pruned student | " + " | ".join(f"{a}: {ARMS[a]['name']}" for a in arms) + " |")
@@ -159,8 +200,11 @@ def summarize(study: Path, out: Path) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    img = out.parent / "results"
+    import os
+
+    img = img or out.parent / "results"
     img.mkdir(parents=True, exist_ok=True)
+    rel = Path(os.path.relpath(img, out.parent)).as_posix()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for ax, idx, title in ((axes[0], 0, "held-out perplexity after"), (axes[1], 1, "KL(teacher‖student) after")):
         means = [np.mean(summary[a][idx]) for a in arms]
@@ -184,7 +228,7 @@ def summarize(study: Path, out: Path) -> str:
     fig.savefig(img / "train_ce.png", dpi=110)
     plt.close(fig)
 
-    ddk = [a for a in ("c", "e", "f") if a in runs and runs[a][min(runs[a])]["mixture"]]
+    ddk = [a for a in ("c", "e", "f", "g") if a in runs and runs[a][min(runs[a])]["mixture"]]
     if ddk:
         fig, axes = plt.subplots(1, len(ddk), figsize=(4.5 * len(ddk), 3.6), squeeze=False)
         for ax, a in zip(axes[0], ddk):
@@ -212,8 +256,8 @@ def summarize(study: Path, out: Path) -> str:
                 P(f"| {s} | " + " | ".join(f"{w.get(d, float('nan')):.3f}" for d in domains) + " |")
             P("")
 
-    P("Plots: [overall](results/overall.png), [training CE](results/train_ce.png)"
-      + (", [DDK weights](results/ddk_weights.png)" if ddk else "") + ".\n")
+    P(f"Plots: [overall]({rel}/overall.png), [training CE]({rel}/train_ce.png)"
+      + (f", [DDK weights]({rel}/ddk_weights.png)" if ddk else "") + ".\n")
     P("## Artifacts behind these numbers (sha256 of each manifest.json, first 16 hex)\n")
     P("| artifact | manifest sha256 |")
     P("|---|---|")
@@ -229,9 +273,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--study", default="runs/study")
     ap.add_argument("--out", default="docs/results-tables.md")
+    ap.add_argument("--img", default=None, help="folder for the plots (default: results/ beside --out)")
     args = ap.parse_args()
     out = Path(args.out)
-    text = summarize(Path(args.study), out)
+    text = summarize(Path(args.study), out, Path(args.img) if args.img else None)
     out.write_text(text, encoding="utf-8")
     print(text)
 
