@@ -163,7 +163,6 @@ def run(cfg: EvalConfig, resume: bool = False, overwrite: bool = False) -> Stage
     from distillkit.evaluation import tasks as T
     from distillkit.schemas import RESULT_COLUMNS
     from distillkit.models import model_fingerprint
-    from distillkit.progress import console
 
     t0 = time.time()
     # Everything that can be wrong with the inputs is checked before --out is touched.

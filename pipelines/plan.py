@@ -107,7 +107,6 @@ def run(cfg: PlanConfig, resume: bool = False, overwrite: bool = False) -> Stage
     from distillkit.artifacts import ArtifactWriter, check_columns, read_artifact
     from distillkit.errors import ArtifactError
     from distillkit.mixture import mixture_weights
-    from distillkit.progress import console
     from distillkit.schemas import DOMAIN_COLUMNS, PLAN_SAMPLE_COLUMNS
 
     t0 = time.time()

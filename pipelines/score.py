@@ -118,7 +118,6 @@ def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> S
     from distillkit.assets import resolve_data
     from distillkit.data import load_data, shard_rows, tokenize
     from distillkit.models import check_same_tokenizer, load_tokenizer, model_fingerprint, resolve_model
-    from distillkit.progress import console
 
     t0 = time.time()
     shard, num_shards = parse_shard(cfg.shard)

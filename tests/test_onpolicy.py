@@ -140,7 +140,6 @@ def test_bf16_generation_keeps_autocasts_weight_cache(pipelines, tmp_path, monke
     """Under bf16 autocast the student generates with grad off but *not* in inference mode, which would turn off
     autocast's cache of the bf16 weight casts (every decode step re-casting every weight: 2.8x slower decode on the
     demo student, docs/train.md); the tokens equal those of a run that re-casts (inference mode)."""
-    from distillkit.evaluation import generation
     from distillkit.training.onpolicy import OnPolicy, student_batch
 
     cfg, inputs = _inputs(pipelines, tmp_path)

@@ -1,4 +1,5 @@
-"""The training loop: plain PyTorch over frozen `Settings`, the run's `Components` and its `TrainState`.
+"""The training loop: plain PyTorch over frozen `Settings`, the run's `Components` (both in `parts`) and its
+`TrainState`.
 
 Per optimizer step: take the curriculum stage of this step (pool, T, λ; restart the optimizer at a
 stage start if asked), draw the global batch (every rank draws the same and takes its slice), run
@@ -16,13 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
-from torch import nn
 from torch.profiler import record_function
 
 from distillkit.errors import DistillkitError
@@ -32,74 +30,14 @@ from distillkit.training import early_check as early
 from distillkit.training.batches import collate
 from distillkit.training.ddk import measure_heldout
 from distillkit.training.monitor import Monitor
+from distillkit.training.parts import Components, Corpus, Settings
 from distillkit.training.sampler import rank_slice
-from distillkit.training.schedule import LRSchedule, Stage, stage_at
+from distillkit.training.schedule import Stage, stage_at
 from distillkit.training.state import TrainState
-
-if TYPE_CHECKING:
-    from distillkit.losses import LossSpec
-    from distillkit.training.batches import Sequences, TopKStore
-    from distillkit.training.onpolicy import OnPolicy
-    from distillkit.training.student import TeacherSource
 
 
 class TrainingDiverged(DistillkitError):
     """The loss or gradient norm became NaN/inf; the last checkpoint is kept."""
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """The hyper-parameters and places the loop reads; fixed for a run."""
-
-    batch_size: int  # global sequences per optimizer step
-    grad_accum: int  # micro-batches per process per step
-    max_grad_norm: float  # inf: no clipping
-    weight_decay: float
-    restart_optimizer: bool  # a fresh optimizer at each stage start (POCL's reference code)
-    autocast: torch.dtype | None  # the student forward's autocast dtype; None: fp32
-    save_every: int  # checkpoint every N steps (0: only at the end)
-    keep_checkpoints: int
-    log_every: int
-    eval_batch_size: int  # sequences per held-out batch (DDK re-measurement, before/after report)
-    record_batches: bool  # keep each step's drawn rows (-> batches.arrow)
-    strategy: D.Strategy
-    checkpoint_root: Path
-    tensorboard_dir: str | None = None
-    precision: str = ""  # what the student computes in, and why (printed, and recorded in the manifest)
-    on_policy: OnPolicy | None = None  # on-policy (GKD) generation settings; None: off-policy only
-    early_check: int = 0  # re-measure the "before" held-out rows after this many steps and warn on a rise (0: off)
-    early_check_stop: bool = False  # and stop there (checkpoint kept) when it rose
-    pack: bool = False  # pack each off-policy micro-batch's samples into fewer rows (and the held-out batches)
-
-
-@dataclass(frozen=True, slots=True)
-class Corpus:
-    """The tokenized rows the loop draws from and measures on."""
-
-    seqs: Sequences  # training rows (curriculum order) first, then held-out rows
-    pad_id: int
-    topk: TopKStore | None  # the offline teacher's stored top-k; None online
-    heldout_rows: list[list[int]]  # per mixer domain: rows of `seqs` for DDK re-measurement
-
-
-@dataclass(frozen=True, slots=True)
-class Components:
-    """What the loop trains with; built once from the config, never checkpointed (the model's
-    weights and the optimizer's state are, by the loop)."""
-
-    model: nn.Module  # StudentLoss, wrapped for DDP / FSDP2
-    teacher: TeacherSource  # batch -> the loss's teacher input
-    eval_teacher: TeacherSource  # batch -> the teacher for held-out KL
-    corpus: Corpus
-    stages: tuple[Stage, ...]
-    lr: LRSchedule
-    loss: LossSpec
-    make_optimizer: Callable[[], torch.optim.Optimizer]  # a fresh optimizer over the trainable parameters
-    dist: D.DistInfo
-
-    @property
-    def total_steps(self) -> int:
-        return self.stages[-1].end
 
 
 def save(parts: Components, settings: Settings, state: TrainState, optimizer: torch.optim.Optimizer) -> None:

@@ -3,7 +3,7 @@
 resume, and the held-out before/after report.
 
 `pipelines/train.py` reads the recipe top to bottom: `prepare` (-> `Inputs`) -> `settings`
-(-> `loop.Settings`) -> `components` (-> `loop.Components`) -> `initial_state` (-> `TrainState`)
+(-> `parts.Settings`) -> `components` (-> `parts.Components`) -> `initial_state` (-> `TrainState`)
 -> `loop.train` -> `finish`.
 """
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from distillkit.artifacts import Artifact
     from distillkit.records import PlanRecord
     from distillkit.training.batches import Sequences, TopKStore
-    from distillkit.training.loop import Components, Settings
+    from distillkit.training.parts import Components, Settings
     from distillkit.training.state import TrainState
 
 
