@@ -176,3 +176,37 @@ def kill_when(args: list, ready, *, env: dict, cwd=None, timeout: float = 120, s
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     return proc
+
+
+# The reliability tests' shared inputs (test_locks, test_damaged_inputs, test_disk_full, test_messages).
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_teacher_dir, tiny_student_dir):
+    """Score data and one uninterrupted single-writer run over it: what every other run must equal."""
+    import torch
+
+    from distillkit.pipelines.score import run as run_score
+    from tests.reliability_support import _score_cfg
+
+    root = tmp_path_factory.mktemp("ref")
+    rows = []
+    for d, seed in (("alpha", 10), ("beta", 11), ("gamma", 12)):
+        rows += [{"text": t, "domain": d} for t in make_texts(20, seed=seed)]
+    data = write_jsonl(root / "corpus.jsonl", rows)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cfg = _score_cfg(data, tiny_teacher_dir, tiny_student_dir, root / "score")
+    run_score(cfg)
+    torch.set_num_threads(n)
+    return {"data": data, "cfg": cfg, "out": root / "score"}
+
+
+@pytest.fixture(scope="module")
+def plan(tmp_path_factory, reference):
+    from distillkit.pipelines.plan import PlanConfig
+    from distillkit.pipelines.plan import run as run_plan
+
+    out = tmp_path_factory.mktemp("plan") / "plan"
+    run_plan(PlanConfig(scores=str(reference["out"]), out=str(out), stage_unit="steps", stage_length=1))
+    return out
