@@ -63,6 +63,19 @@ class Dataset:
     dropped_empty: int = 0  # records with a null or blank text (response, for instruction data)
     dropped_duplicates: int = 0  # records whose content repeats an earlier record's
 
+    def heldout(self, domain: str, limit: int | None = None) -> pa.Table:
+        """`domain`'s validation rows in the table's order (by sample_id), the first `limit` of them: the held-out
+        documents train measures on (its before/after report, DDK's re-measurement) and scripts compare models on."""
+        t = self.table
+        rows = t.filter(pc.and_(pc.equal(t.column("split"), "validation"), pc.equal(t.column("domain"), domain)))
+        return rows if limit is None else rows.slice(0, limit)
+
+    @property
+    def heldout_domains(self) -> list[str]:
+        """The domains that have validation rows, sorted."""
+        t = self.table
+        return sorted(set(t.filter(pc.equal(t.column("split"), "validation")).column("domain").to_pylist()))
+
 
 @dataclass
 class _Part:

@@ -255,7 +255,6 @@ def prepare(cfg: TrainConfig, dist: DistInfo) -> Inputs:
     """Read and check every input (plan, its scores, the data, both models) and tokenize; touches no output."""
     import numpy as np
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     from distillkit.artifacts import check_input, read_artifact
     from distillkit.errors import ArtifactError, DataError
@@ -329,11 +328,8 @@ def prepare(cfg: TrainConfig, dist: DistInfo) -> Inputs:
         raise DataError(f"{len(missing)} planned samples are not in the data (e.g. {missing[0]!r}); the data changed: rescore and replan")
     train_rows = ds.table.take(pa.array([index[s] for s in cur_ids], pa.int64()))
     held_parts, heldout_rows, source, n = [], [], [], len(cur_ids)
-    is_val = pc.equal(ds.table.column("split"), "validation")
     for i, d in enumerate(domains):
-        val = ds.table.filter(pc.and_(is_val, pc.equal(ds.table.column("domain"), d)))
-        if cfg.heldout_docs is not None:
-            val = val.slice(0, cfg.heldout_docs)
+        val = ds.heldout(d, cfg.heldout_docs)
         if val.num_rows:
             heldout_rows.append(list(range(n, n + val.num_rows)))
             held_parts.append(val)

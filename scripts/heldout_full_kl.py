@@ -36,7 +36,6 @@ def main() -> None:
 
     import numpy as np
     import pyarrow as pa
-    import pyarrow.compute as pc
     import torch
 
     from distillkit.artifacts import read_artifact
@@ -49,12 +48,7 @@ def main() -> None:
     scores = read_artifact(a.scores, "score")
     ds = scored_dataset(scores)
     max_length = int(scores.config.get("max_length"))
-    val = ds.table.filter(pc.equal(ds.table.column("split"), "validation"))
-    parts = []
-    for d in sorted(set(val.column("domain").to_pylist())):
-        t = val.filter(pc.equal(val.column("domain"), d))
-        parts.append(t.slice(0, a.docs) if a.docs is not None else t)
-    rows = pa.concat_tables(parts)
+    rows = pa.concat_tables([ds.heldout(d, a.docs) for d in ds.heldout_domains])
     teacher_dir = resolve_model(a.teacher, role="teacher")
     tok = load_tokenizer(str(teacher_dir))
     seqs = tokenize_rows(rows, ds.format, tok, max_length, a.seq_len or max_length)

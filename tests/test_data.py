@@ -206,6 +206,20 @@ def test_validation_split_sizes(tmp_path, n, val_size, expected):
         assert splits.count("validation") == expected and splits.count("train") == n - expected
 
 
+def test_heldout_rows_are_a_domains_first_validation_rows(tmp_path):
+    rows = _rows(60, domains=("alpha", "beta", "gamma"))
+    rows[-1]["domain"] = "delta"  # one document: no validation row (a domain needs two to hold one out)
+    ds = load(write_jsonl(tmp_path / "d.jsonl", rows))
+    assert ds.heldout_domains == ["alpha", "beta", "gamma"]
+    for d in ds.heldout_domains:
+        by_hand = [s for dom, s, sp in zip(col(ds, "domain"), col(ds, "sample_id"), col(ds, "split"))
+                   if dom == d and sp == "validation"]  # the table is sorted by (domain, sample_id)
+        assert len(by_hand) == 2 and ds.heldout(d).column("sample_id").to_pylist() == by_hand
+        assert ds.heldout(d, 1).column("sample_id").to_pylist() == by_hand[:1]
+        assert ds.heldout(d, 5).num_rows == 2
+    assert ds.heldout("delta").num_rows == 0 and ds.heldout("nowhere", 3).num_rows == 0
+
+
 def test_split_is_deterministic_and_disjoint(tmp_path):
     p = write_jsonl(tmp_path / "d.jsonl", _rows(100))
     a, b = load(p), load(p)
