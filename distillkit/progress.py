@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from typing import Iterator
 
@@ -19,7 +20,18 @@ from rich.progress import (
 )
 from rich.text import Text
 
-console = Console(stderr=True)
+# Rich wraps at 80 columns when stderr is not a terminal (a log file, a batch job, a study worker's log), which breaks
+# the step lines and the inspect tables mid-row. Logs get LOG_WIDTH; a terminal, or COLUMNS when set, wins.
+LOG_WIDTH = 160
+
+
+def _log_width() -> int | None:
+    if os.environ.get("COLUMNS") or sys.stderr.isatty():
+        return None
+    return LOG_WIDTH
+
+
+console = Console(stderr=True, width=_log_width())
 
 
 class RateColumn(ProgressColumn):

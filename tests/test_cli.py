@@ -123,3 +123,17 @@ def test_kill_and_resume_gives_same_rows(tmp_path, tiny_tok_dir, tiny_student_di
     assert killed.files("topk/") == ref.files("topk/")
     for f in ref.files("topk/"):
         assert killed.table(f).equals(ref.table(f))
+
+
+@pytest.mark.parametrize("columns,width", [(None, 160), ("100", 100)])
+def test_log_output_is_not_wrapped_at_80_columns(columns, width):
+    """Written to a log (stderr not a terminal), rich would wrap at 80 columns and break step lines and tables
+    mid-row: logs get progress.LOG_WIDTH, and COLUMNS wins when set."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"} | ({"COLUMNS": columns} if columns else {})
+    r = subprocess.run([sys.executable, "-c", "from distillkit.progress import console; print(console.width)"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and int(r.stdout) == width, r.stderr
