@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -88,6 +89,16 @@ def _wait_for(cond, timeout: float = 180.0, what: str = "") -> None:
             return
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def _kill_at_gate(proc, tmp_path: Path, tag: str, what: str) -> None:
+    """Wait until the `_gated` process `tag` reaches its gate (failing if it exited first), then SIGKILL it there."""
+    try:
+        _wait_for(lambda: (tmp_path / f"ready-{tag}").exists() or proc.poll() is not None, what=what)
+        assert proc.poll() is None, proc.communicate()[1]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
 
 
 def _score_cfg(data, teacher, student, out, **kw) -> ScoreConfig:

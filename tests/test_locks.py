@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -21,8 +20,7 @@ from distillkit.artifacts import ArtifactWriter, partial_dir, read_artifact
 from distillkit.cli.main import app
 from distillkit.errors import ArtifactLocked, OutputExists
 from distillkit.pipelines.score import run as run_score
-
-from tests.reliability_support import _gated, _one_line, _same_scores, _score_args, _wait_for, runner
+from tests.reliability_support import _gated, _kill_at_gate, _one_line, _same_scores, _score_args, _wait_for, runner
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch at 1 thread for this module
 
@@ -133,12 +131,7 @@ def test_two_concurrent_score_writers_one_is_refused(tmp_path, reference):
 def test_lock_of_a_killed_writer_is_taken_over(tmp_path, reference):
     cfg = replace(reference["cfg"], out=str(tmp_path / "score"))
     proc = _gated(tmp_path, "k", _score_args(cfg), "distillkit.artifacts:ArtifactWriter.write")
-    try:
-        _wait_for(lambda: (tmp_path / "ready-k").exists() or proc.poll() is not None, what="the writer at its gate")
-        assert proc.poll() is None, proc.communicate()[1]
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate()
+    _kill_at_gate(proc, tmp_path, "k", "the writer at its gate")
     assert locks.read_holder(locks.lock_path(cfg.out)).pid == proc.pid  # left behind by the killed writer
     with pytest.raises(OutputExists, match="interrupted run of this config .* --resume"):
         run_score(cfg)  # the stale lock is taken over, and now "interrupted" is the truth
@@ -196,12 +189,7 @@ def test_killed_prune_model_leaves_no_temp_copy(tmp_path, tiny_teacher_dir):
     out.parent.mkdir()
     call = f"from distillkit.prune import prune_model; prune_model({str(tiny_teacher_dir)!r}, {str(out)!r}, drop_layers='1')"
     proc = _gated(tmp_path, "p", [], "distillkit.prune:write_pruned", when="after", call=call)
-    try:
-        _wait_for(lambda: (tmp_path / "ready-p").exists() or proc.poll() is not None, what="the prune at its gate")
-        assert proc.poll() is None, proc.communicate()[1]
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate()
+    _kill_at_gate(proc, tmp_path, "p", "the prune at its gate")
     left = out.parent / f".student.tmp{proc.pid}"
     assert (left / "model.safetensors").is_file()  # the full copy of the weights the kill left
     sleeper = subprocess.Popen(["sleep", "60"])
@@ -222,12 +210,7 @@ def test_killed_prune_stage_is_cleaned_up_by_the_next_run(tmp_path, tiny_teacher
     out = tmp_path / "student"
     args = ["prune", "--model", str(tiny_teacher_dir), "--out", str(out), "--drop-layers", "1"]
     proc = _gated(tmp_path, "s", args, "distillkit.prune:write_pruned", when="after")
-    try:
-        _wait_for(lambda: (tmp_path / "ready-s").exists() or proc.poll() is not None, what="the prune at its gate")
-        assert proc.poll() is None, proc.communicate()[1]
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate()
+    _kill_at_gate(proc, tmp_path, "s", "the prune at its gate")
     assert (partial_dir(out) / "model.safetensors").is_file() and locks.lock_path(out).is_file()
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
