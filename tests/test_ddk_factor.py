@@ -197,6 +197,19 @@ def test_plan_with_log_ratio_records_it_and_weights_by_ratio(tmp_path):
     assert PlanRecord.from_manifest(m3).mixture == MixtureSettings("ddk", 0.5, 1000, True, "ratio", 1.0)
 
 
+def test_plan_notes_eq1_concentration_only_for_large_ratio_spreads(tmp_path, capsys):
+    # ratios 1.2–1.8 (the paper's): Eq. 1 is mild, no note; 4–19 (a pruned student): 1.00 on "d", and a note
+    run(PlanConfig(scores=str(exact_scores(tmp_path, {"a": 1.2, "b": 1.5, "c": 1.8}, "s1")), out=str(tmp_path / "p1")))
+    assert "Eq. 1" not in capsys.readouterr().err
+    big = exact_scores(tmp_path, {"a": 4.0, "b": 6.0, "c": 9.0, "d": 19.0}, "s2")
+    run(PlanConfig(scores=str(big), out=str(tmp_path / "p2")))
+    err = " ".join(capsys.readouterr().err.split())
+    assert "DDK's Eq. 1 puts 1.00 of the sampling on d (ppl ratios 4.00–19.00" in err and "--ddk-factor log-ratio" in err
+    run(PlanConfig(scores=str(big), out=str(tmp_path / "p3"), ddk_factor="log-ratio"))  # the bounded factor: no note
+    run(PlanConfig(scores=str(big), out=str(tmp_path / "p4"), mixture="uniform"))
+    assert "Eq. 1" not in capsys.readouterr().err
+
+
 def test_plan_figure_title_names_the_formula():
     assert mixture_formula(MixtureSettings("ddk", 0.5, 10, True)) == "ddk = softmax(ppl_S / ppl_T)"
     assert mixture_formula(MixtureSettings("ddk", 0.5, 10, True, "log-ratio", 1.0)) == "ddk ∝ (ppl_S / ppl_T)^(1/τ), τ = 1"
