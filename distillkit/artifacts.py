@@ -72,13 +72,14 @@ def writing(path: Path, *cleanup: Path, kept: str = "the files written before it
     try:
         yield
     except BaseException as e:
+        full = isinstance(e, Exception) and not isinstance(e, DiskFull) and is_disk_full(e, path)  # before the cleanup frees space
         for c in cleanup:
             if c.is_dir():
                 shutil.rmtree(c, ignore_errors=True)
             else:
                 with contextlib.suppress(OSError):
                     c.unlink()
-        if isinstance(e, Exception) and not isinstance(e, DiskFull) and is_disk_full(e, path):
+        if full:
             raise DiskFull(f"no space left on device while writing {path}; the unfinished file was removed and "
                            f"{kept}; free space on that disk and rerun with --resume") from e
         raise

@@ -61,6 +61,33 @@ def test_disk_full_while_writing_a_checkpoint(tmp_path, plan, tiny_teacher_dir, 
     assert read_artifact(out, "train").manifest["figures"]["resumed_from_step"] == 2
 
 
+def test_torch_save_unexpected_pos_counts_as_disk_full_though_the_cleanup_frees_space(tmp_path, monkeypatch):
+    """Seen in a real demo run: a full disk makes torch.save fail with only "unexpected pos"; removing the half-written
+    checkpoint then frees its space again, so the disk must be judged before the cleanup, not after."""
+    import shutil
+    from collections import namedtuple
+
+    from distillkit.errors import DiskFull
+    from distillkit.training.checkpoint import save_checkpoint
+
+    usage = namedtuple("usage", "total used free")
+    half_written = lambda: any(p.name.startswith(".step-") for p in (tmp_path / "ck").glob(".*"))  # noqa: E731
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 << 30, 10 << 30, 0 if half_written() else 1 << 30))
+
+    def save(obj, f, *a, **k):
+        f.write(b"\0" * 4096)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 683711872 vs 683711760")
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(DiskFull, match="no space left on device while writing checkpoint .*step-00000003.*--resume"):
+        save_checkpoint(tmp_path / "ck", 3, {}, {}, {}, {})
+    assert _no_temp_files(tmp_path) == []
+    # the same failure with space to spare is not called a full disk
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 << 30, 0, 10 << 30))
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        save_checkpoint(tmp_path / "ck", 4, {}, {}, {}, {})
+
+
 def test_disk_full_while_saving_the_trained_student(tmp_path, plan, tiny_teacher_dir, tiny_student_dir, monkeypatch):
     from transformers import PreTrainedModel
 

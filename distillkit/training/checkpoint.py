@@ -94,8 +94,11 @@ def save_checkpoint(root: Path, step: int, model: dict[str, Any], optimizer: dic
         (tmp / "state.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
         _fsync_dir(tmp)
     except BaseException as e:
+        # judged before the cleanup: removing the half-written checkpoint frees the space whose lack made torch.save
+        # fail with only "unexpected pos" (a real full disk, seen in a demo run)
+        full = isinstance(e, Exception) and is_disk_full(e, tmp)
         shutil.rmtree(tmp, ignore_errors=True)  # a half-written checkpoint must not keep filling the disk
-        if isinstance(e, Exception) and is_disk_full(e, tmp):
+        if full:
             raise DiskFull(f"no space left on device while writing checkpoint {final}; the unfinished checkpoint was "
                            f"removed and {describe_latest(root)} is kept; free space on that disk and rerun with --resume") from e
         raise
