@@ -170,14 +170,15 @@ def run(cfg: PlanConfig, resume: bool = False, overwrite: bool = False) -> Stage
     last = curric.pools[-1]
     train_tokens = _tokens_by_domain(curric.table, names)
     weights = mixture_weights(cfg.mixture, s_ppl, t_ppl, train_tokens, cfg.ddk_factor, cfg.ddk_tau)
-    _note_eq1_concentration(cfg, names, s_ppl / t_ppl, weights)
+    ratio = s_ppl / t_ppl
+    _note_eq1_concentration(cfg, names, ratio, weights)
     mixture = pa.table(
         {
             "domain": pa.array(names, pa.string()),
             "weight": pa.array(weights, pa.float64()),
             "teacher_ppl": pa.array(t_ppl, pa.float64()),
             "student_ppl": pa.array(s_ppl, pa.float64()),
-            "ppl_ratio": pa.array(s_ppl / t_ppl, pa.float64()),
+            "ppl_ratio": pa.array(ratio, pa.float64()),
             "num_samples": pa.array(last, pa.int64()),
             "num_tokens": pa.array(train_tokens, pa.int64()),
             "num_validation": pa.array([validation.get(d, 0) for d in names], pa.int64()),

@@ -82,11 +82,12 @@ def _overall(held: list[dict], key: str) -> float:
     return math.exp(sum(math.log(r[key]) * r["tokens"] for r in held) / tok)
 
 
-def _gap_closed_min(held: list[dict], min_ratio: float = 1.05) -> float:
-    """The perplexity gap closed in the lagging domain: min over domains of (before − after) / (before − teacher),
-    leaving out domains whose student starts within `min_ratio` of the teacher (no gap to close)."""
-    return min((r["student_ppl_before"] - r["student_ppl_after"]) / (r["student_ppl_before"] - r["teacher_ppl"])
-               for r in held if r["student_ppl_before"] > min_ratio * r["teacher_ppl"])
+def _gap_closed_min(held: list[dict]) -> float:
+    """The perplexity gap closed in the lagging domain, as `distillkit study` computes it (study_results.gap_closed:
+    min over domains of (before − after) / (before − teacher), domains starting below MIN_RATIO × the teacher left out)."""
+    from distillkit.study_results import gap_closed
+
+    return gap_closed(held)["metrics"]["gap_closed_min"]
 
 
 def _paired_table(runs: dict, arms: list[str], base: str = "b") -> list[str]:
@@ -150,8 +151,10 @@ def summarize(study: Path, out: Path, img: Path | None = None) -> str:
     P("")
     if "b" in runs and len(arms) > 1:
         P("## Paired differences to arm b (same seed; 95 % t-CI over seeds; detectable: two-sided 5 %, power 0.8)\n")
+        from distillkit.study_results import MIN_RATIO
+
         P("Lagging domain: the smallest (ppl_before − ppl_after) / (ppl_before − ppl_teacher) over the domains "
-          "that start more than 1.05× the teacher's perplexity.\n")
+          f"that start at least {MIN_RATIO}× the teacher's perplexity.\n")
         lines.extend(_paired_table(runs, arms))
         P("")
     if "c" in runs and "g" in runs:
