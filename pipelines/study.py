@@ -19,6 +19,7 @@ report ({results}/report.md + study.png) is rewritten from the result files at t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -27,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from distillkit.errors import ConfigError
 from distillkit.study import StudyRecipe
@@ -386,26 +387,66 @@ def _spawn_workers(rec: StudyRecipe, pending: list[RunJob], jobs: int, threads: 
     cmd = [sys.executable, "-m", "distillkit.cli.main", "study", str(rec.path), "--out", str(rec.root),
            "--results", str(rec.results), "--threads", str(threads), "--worker"]
     procs = []
-    for i in range(min(jobs, len(pending))):
-        f = open(logs / f"worker-{i}.log", "a", encoding="utf-8")
-        procs.append((subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT), f))
-        time.sleep(2)  # let the first worker claim its run before the next looks
-    todo = {j.id: rec.results / f"{j.id}.json" for j in pending}
-    with progress_bar(f"study {rec.name}: runs ({len(procs)} workers, logs in {logs})", len(todo), unit="run") as bar:
-        seen = 0
-        while any(p.poll() is None for p, _ in procs):
-            time.sleep(5)
-            n = sum(1 for p in todo.values() if p.is_file())
-            bar.advance(n - seen)
-            seen = n
-        bar.advance(sum(1 for p in todo.values() if p.is_file()) - seen)
+    # Workers get their own session, so a Ctrl-C in the terminal reaches them once, through the parent:
+    # SIGTERM/SIGINT to the parent is passed on, and a training worker checkpoints and stops after its step.
+    with _forward_signals(procs) as received:
+        for i in range(min(jobs, len(pending))):
+            if received:
+                break
+            f = open(logs / f"worker-{i}.log", "a", encoding="utf-8")
+            procs.append((subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True), f))
+            time.sleep(2)  # let the first worker claim its run before the next looks
+        todo = {j.id: rec.results / f"{j.id}.json" for j in pending}
+        with progress_bar(f"study {rec.name}: runs ({len(procs)} workers, logs in {logs})", len(todo), unit="run") as bar:
+            seen = 0
+            while any(p.poll() is None for p, _ in procs):
+                time.sleep(1)
+                n = sum(1 for p in todo.values() if p.is_file())
+                bar.advance(n - seen)
+                seen = n
+            bar.advance(sum(1 for p in todo.values() if p.is_file()) - seen)
     failed = [i for i, (p, f) in enumerate(procs) if p.returncode != 0]
     for _, f in procs:
         f.close()
+    if received:
+        from distillkit.training.stop import StoppedBySignal, signal_name
+
+        raise StoppedBySignal(f"study {rec.name} stopped by {signal_name(received[0])}: runs in training wrote a "
+                              f"checkpoint first (see {logs}/worker-N.log); rerun the same command to resume", received[0])
     if failed:
         raise RuntimeError(f"study worker(s) {', '.join(map(str, failed))} failed: see {logs}/worker-N.log; "
                            "rerun the same command to resume")
     return [i for i, p in todo.items() if p.is_file()]
+
+
+@contextlib.contextmanager
+def _forward_signals(procs: list) -> Iterator[list[int]]:
+    """While the block runs, SIGTERM/SIGINT to this process is recorded (yielded list) and passed on to every
+    live worker; a worker that gets it twice stops at once."""
+    import signal
+    import threading
+
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def forward(signum, frame):
+        received.append(signum)
+        from distillkit.progress import console
+
+        console.print(f"[yellow]study[/]: {signal.Signals(signum).name} received: passed on to the workers "
+                      "(training runs checkpoint after their step; send it again to stop them at once)")
+        for p, _ in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def _report(sp: StudyPlan) -> Path | None:

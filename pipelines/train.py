@@ -184,6 +184,7 @@ def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Stag
     from distillkit.training import distributed as D
     from distillkit.training.loop import train
     from distillkit.training.setup import checkpoint_to_resume, heldout_report
+    from distillkit.training.stop import graceful_stop
 
     check(cfg)  # a config made in code gets the checks the CLI's gets (non-finite numbers included), before any work
     t0 = time.time()
@@ -205,9 +206,11 @@ def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Stag
         # An interrupted run continues from its newest checkpoint (the loop loads it into `state`); one
         # killed before its first checkpoint starts over.
         resume_from = checkpoint_to_resume(settings) if found == "resumed" else None
-        if resume_from is None and cfg.eval_heldout:
-            state.before = heldout_report(parts, settings, state, inputs.with_kl)
-        train(parts, settings, state, resume_from)
+        # SIGTERM/SIGINT: finish the step, checkpoint, exit 128 + signal (distillkit.training.stop).
+        with graceful_stop(say=_say if dist.is_main else None):
+            if resume_from is None and cfg.eval_heldout:
+                state.before = heldout_report(parts, settings, state, inputs.with_kl)
+            train(parts, settings, state, resume_from)
         finish(cfg, inputs, parts, settings, state, writer, wall_s=time.time() - t0)
         D.barrier(dist)
         return _result(cfg, "resumed" if found == "resumed" else "ran")
@@ -215,6 +218,12 @@ def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Stag
         if writer is not None:
             writer.close()  # rank 0's hold on the output's lock (finish gives it back on success)
         D.shutdown(dist)
+
+
+def _say(message: str) -> None:
+    from distillkit.progress import console
+
+    console.print(f"[yellow]train[/]: {message}")
 
 
 def _result(cfg: TrainConfig, status: Status) -> StageResult:

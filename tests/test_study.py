@@ -335,6 +335,34 @@ def test_two_workers_share_the_queue(tmp_path, study_scores):
     assert (results / "report.md").is_file() and not list((out / "locks").glob("*.lock"))
 
 
+def test_the_parent_passes_sigterm_to_its_workers_once():
+    """`kill <study pid>`: every live worker gets the signal (their training checkpoints and stops), and the
+    parent's own handlers come back afterwards."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from distillkit.pipelines.study import _forward_signals
+
+    child = ("import signal, sys, time\n"
+             "signal.signal(signal.SIGTERM, lambda *a: sys.exit(7))\n"
+             "print('ready', flush=True)\n"
+             "time.sleep(60)\n")
+    procs = [(subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True), None) for _ in range(2)]
+    for p, _ in procs:
+        assert p.stdout.readline().strip() == "ready"
+    before = signal.getsignal(signal.SIGTERM)
+    with _forward_signals(procs) as received:
+        os.kill(os.getpid(), signal.SIGTERM)
+        codes = [p.wait(timeout=30) for p, _ in procs]
+    assert received == [signal.SIGTERM] and codes == [7, 7]
+    assert signal.getsignal(signal.SIGTERM) is before
+    for p, _ in procs:
+        p.stdout.close()
+
+
 def test_report_shows_small_paired_differences_with_enough_decimals():
     from distillkit.study_report import _fine
 

@@ -288,6 +288,57 @@ def test_killed_run_resumes_to_bitwise_identical_weights(pipeline, tmp_path, pre
     assert time.time() - t0 < 30
 
 
+def test_sigterm_checkpoints_after_the_step_and_resumes_bitwise(pipeline, tmp_path):
+    """SIGTERM (a scheduler's pre-emption, `kill`): the step in progress ends, a checkpoint of it is written (none
+    was due: save_every 0), exit 143 with one line naming --resume; resuming equals an uninterrupted run."""
+    import signal
+
+    cfg = cfg_for(pipeline, tmp_path / "stopped", steps=300, log_every=1)
+    log = tmp_path / "stopped.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "distillkit.cli.main", *_args(cfg)], env={**_env(), "COLUMNS": "200"},
+                                cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and "step 3/300" not in log.read_text():
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    out = log.read_text()
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "SIGTERM received: stopping after this step with a checkpoint" in out
+    err = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "stopped by SIGTERM after step" in err[0] and "--resume" in err[0], out
+    step = int(err[0].split("after step ")[1].split()[0])
+    assert 3 <= step < 300
+    ckpts = sorted(p.name for p in (tmp_path / "stopped.partial" / "checkpoints").glob("step-*"))
+    assert ckpts == [f"step-{step:08d}"] and not (tmp_path / "stopped").exists()
+
+    run(cfg, resume=True)
+    assert read_artifact(tmp_path / "stopped", "train").manifest["figures"]["resumed_from_step"] == step
+    run(replace(cfg, out=str(tmp_path / "reference")))
+    a, b = _weights(tmp_path / "stopped"), _weights(tmp_path / "reference")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert np.array_equal(metrics(tmp_path / "stopped")["loss"], metrics(tmp_path / "reference")["loss"])
+
+
+def test_a_second_signal_stops_at_once_and_handlers_are_restored():
+    import os
+    import signal
+
+    from distillkit.training import stop
+
+    said = []
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt), stop.graceful_stop(say=said.append):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        assert stop.requested() == signal.SIGINT and said == ["SIGINT received: stopping after this step with a checkpoint "
+                                                              "(send it again to stop at once)"]
+        os.kill(os.getpid(), signal.SIGINT)  # the previous handler (Python's: KeyboardInterrupt) takes it
+        time.sleep(0.05)
+    assert signal.getsignal(signal.SIGINT) is before and stop.requested() == 0
+
+
 def test_torchrun_ddp_and_fsdp2_match_single_process(pipeline, tmp_path):
     """2 processes x 2 micro-batches of 1 vs 1 process x 4 micro-batches of 1: the same global batch of 4.
 

@@ -16,6 +16,7 @@ is the model, the optimizer and ``state.state_dict()``, and resuming restores ex
 from __future__ import annotations
 
 import contextlib
+import signal
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from distillkit.errors import DistillkitError
 from distillkit.training import checkpoint as ckpt
 from distillkit.training import distributed as D
 from distillkit.training import early_check as early
+from distillkit.training import stop
 from distillkit.training.batches import collate
 from distillkit.training.ddk import measure_heldout
 from distillkit.training.monitor import Monitor
@@ -113,9 +115,32 @@ def train(parts: Components, settings: Settings, state: TrainState, resume_from:
                 if settings.early_check_stop:
                     save(parts, settings, state, optimizer)
                     raise early.stop_error(state.before["early_check"], ckpt.describe_latest(settings.checkpoint_root))
-            if state.step == total or (settings.save_every and state.step % settings.save_every == 0):
+            saved = state.step == total or bool(settings.save_every and state.step % settings.save_every == 0)
+            if saved:
                 save(parts, settings, state, optimizer)
+            signum = stop_agreed(dist) if state.step < total else 0
+            if signum:
+                if not saved:
+                    save(parts, settings, state, optimizer)
+                raise stopped(settings, state, total, signum)
     return state
+
+
+def stop_agreed(dist) -> int:
+    """The signal that asked this run to stop (0: none); under torchrun, one rank's request stops every rank."""
+    signum = stop.requested()
+    if dist.world_size > 1:
+        flag = torch.tensor([float(signum)], dtype=torch.float64, device=dist.device)
+        D.all_reduce_sum(flag, dist)
+        signum = signum or (int(signal.SIGTERM) if float(flag[0]) > 0 else 0)
+    return signum
+
+
+def stopped(settings: Settings, state: TrainState, total: int, signum: int) -> stop.StoppedBySignal:
+    return stop.StoppedBySignal(
+        f"stopped by {stop.signal_name(signum)} after step {state.step} of {total}; checkpoint "
+        f"{ckpt.checkpoint_dir(settings.checkpoint_root, state.step)} written: rerun the same command with --resume "
+        "to continue from it", signum)
 
 
 def accumulate_gradients(parts: Components, settings: Settings, global_rows: np.ndarray, stage: Stage,

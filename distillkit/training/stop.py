@@ -1,0 +1,72 @@
+"""A graceful stop for training: SIGTERM (a batch scheduler's pre-emption notice, `kill`) or SIGINT (Ctrl-C) asks
+the loop to finish the step it is in, write a checkpoint and exit, so no step is lost; a second signal stops at
+once (the last checkpoint is kept, as after a crash).
+
+`requested()` is what the loop polls after each step. Handlers are installed only in the main thread of the
+main interpreter (`signal.signal` refuses elsewhere); under torchrun every rank gets the signal and the loop
+agrees on it across ranks before it stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from typing import Iterator
+
+from distillkit.errors import DistillkitError
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_received: list[int] = []
+
+
+class StoppedBySignal(DistillkitError):
+    """Training stopped on request after writing a checkpoint. Exit code 128 + the signal's number."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+def requested() -> int:
+    """The signal that asked for a stop (0: none)."""
+    return _received[0] if _received else 0
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+@contextlib.contextmanager
+def graceful_stop(say=None) -> Iterator[None]:
+    """Within the block, the first SIGTERM/SIGINT is recorded for `requested()` (and announced through `say`);
+    the second restores the previous handlers and delivers itself, so the process stops as it would have."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in _SIGNALS}
+
+    def handler(signum, frame):
+        if _received:
+            for s, h in previous.items():
+                signal.signal(s, h)
+            os.kill(os.getpid(), signum)
+            return
+        _received.append(signum)
+        if say is not None:
+            say(f"{signal_name(signum)} received: stopping after this step with a checkpoint "
+                f"(send it again to stop at once)")
+
+    _received.clear()
+    for s in _SIGNALS:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        _received.clear()
+
+
+__all__ = ["StoppedBySignal", "graceful_stop", "requested", "signal_name"]
