@@ -66,9 +66,10 @@ def _is_temp(p: Path) -> bool:
 
 
 @contextlib.contextmanager
-def writing(path: Path, *cleanup: Path, kept: str = "the files written before it are kept") -> Iterator[None]:
+def writing(path: Path, *cleanup: Path, kept: str = "the files written before it are kept", label: str | None = None,
+            unfinished: str = "file") -> Iterator[None]:
     """Around a write of `path`: on any failure remove the unfinished `cleanup` paths; a full disk becomes one
-    `DiskFull` line naming `path` and what was `kept`."""
+    `DiskFull` line naming `label` (default: `path`), the `unfinished` thing removed, and what was `kept`."""
     try:
         yield
     except BaseException as e:
@@ -80,8 +81,8 @@ def writing(path: Path, *cleanup: Path, kept: str = "the files written before it
                 with contextlib.suppress(OSError):
                     c.unlink()
         if full:
-            raise DiskFull(f"no space left on device while writing {path}; the unfinished file was removed and "
-                           f"{kept}; free space on that disk and rerun with --resume") from e
+            raise DiskFull(f"no space left on device while writing {label or path}; the unfinished {unfinished} was "
+                           f"removed and {kept}; free space on that disk and rerun with --resume") from e
         raise
 
 

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from distillkit.errors import ArtifactError, DiskFull, is_disk_full
+from distillkit.artifacts import writing
+from distillkit.errors import ArtifactError
 
 PREFIX = "step-"
 FILES = ("model.pt", "optimizer.pt", "trainer.pt")
@@ -84,7 +85,8 @@ def save_checkpoint(root: Path, step: int, model: dict[str, Any], optimizer: dic
     remove_stale(root)
     final = checkpoint_dir(root, step)
     tmp = root / f".{final.name}.tmp{os.getpid()}"
-    try:
+    # a half-written checkpoint is removed, so it does not keep filling the disk
+    with writing(tmp, tmp, label=f"checkpoint {final}", unfinished="checkpoint", kept=f"{describe_latest(root)} is kept"):
         tmp.mkdir()
         for name, obj in zip(FILES, (model, optimizer, trainer)):
             with open(tmp / name, "wb") as f:
@@ -93,15 +95,6 @@ def save_checkpoint(root: Path, step: int, model: dict[str, Any], optimizer: dic
                 os.fsync(f.fileno())
         (tmp / "state.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
         _fsync_dir(tmp)
-    except BaseException as e:
-        # judged before the cleanup: removing the half-written checkpoint frees the space whose lack made torch.save
-        # fail with only "unexpected pos" (a real full disk, seen in a demo run)
-        full = isinstance(e, Exception) and is_disk_full(e, tmp)
-        shutil.rmtree(tmp, ignore_errors=True)  # a half-written checkpoint must not keep filling the disk
-        if full:
-            raise DiskFull(f"no space left on device while writing checkpoint {final}; the unfinished checkpoint was "
-                           f"removed and {describe_latest(root)} is kept; free space on that disk and rerun with --resume") from e
-        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
