@@ -46,3 +46,24 @@ def test_paired_table_against_b_by_seed():
     pcells = [c.strip() for c in ppl.strip("|").split("|")]
     assert pcells[3].startswith("-") and pcells[4] == "no difference detected"
     assert math.isfinite(float(cells[5])) and float(cells[5]) > 0
+
+
+def test_run_study_records_the_reused_scores_document_count(tmp_path):
+    """With --scores, study.json records the scores' own max_per_domain, not the option's unused default; a
+    later invocation with another setting is refused."""
+    import argparse
+    import json
+
+    import run_study
+
+    scores = tmp_path / "score"
+    scores.mkdir()
+    (scores / "manifest.json").write_text(json.dumps({"config": {"max_per_domain": 60}}))
+    ns = argparse.Namespace(**dict.fromkeys(run_study.SETTING), seeds="0", arms="b", extra_seeds_arms=None,
+                            tasks="none", limit=1)
+    ns.scores, ns.max_per_domain = str(scores), 120
+    run_study._record_study(tmp_path / "study.json", ns)
+    assert json.loads((tmp_path / "study.json").read_text())["setting"]["max_per_domain"] == 60
+    ns.steps = 40
+    with pytest.raises(SystemExit, match="another setting"):
+        run_study._record_study(tmp_path / "study.json", ns)

@@ -71,7 +71,9 @@ SETTING = ("teacher", "drop_layers", "steps", "batch_size", "seq_len", "max_per_
 def _record_study(path: Path, args: argparse.Namespace) -> None:
     """Keep one study.json per study: the setting every arm shares (refusing a different one, which would
     mix incomparable runs in one table) and a list of the invocations (seeds, arms, tasks) that added runs."""
-    a = vars(args)
+    a = dict(vars(args))
+    if args.scores:  # the reused scores decide how many documents there are, not the option's default
+        a["max_per_domain"] = json.loads((Path(args.scores) / "manifest.json").read_text())["config"]["max_per_domain"]
     setting = {k: a[k] for k in SETTING}
     record = json.loads(path.read_text()) if path.is_file() else {"setting": setting, "invocations": []}
     old = record.get("setting", {})
