@@ -139,8 +139,8 @@ def stop_agreed(dist) -> int:
 def stopped(settings: Settings, state: TrainState, total: int, signum: int) -> stop.StoppedBySignal:
     return stop.StoppedBySignal(
         f"stopped by {stop.signal_name(signum)} after step {state.step} of {total}; checkpoint "
-        f"{ckpt.checkpoint_dir(settings.checkpoint_root, state.step)} written: rerun the same command with --resume "
-        "to continue from it", signum)
+        f"{ckpt.checkpoint_dir(settings.checkpoint_root, state.step)} written: rerun the same command (`train`: with "
+        "--resume) to continue from it", signum)
 
 
 def accumulate_gradients(parts: Components, settings: Settings, global_rows: np.ndarray, stage: Stage,
