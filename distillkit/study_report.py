@@ -102,8 +102,12 @@ def write_report(rec: StudyRecipe, results: Mapping[tuple[str, int], Mapping[str
         s = summarize(results, arms, rec.baseline, m)
         summaries[m.key] = s
         lines += [f"## {m.label}" + (" — higher is better" if m.higher_is_better else " — lower is better"), ""]
-        rows = []
+        rows, apart = [], []
         for a in s:
+            if a.arm != rec.baseline and not _comparable(rec, m, a.arm, rec.baseline):
+                apart.append(a.arm)
+                rows.append([a.arm, str(a.estimate.n), _pm(a.estimate, m.fmt), "not comparable (see below)", "", "–", "–"])
+                continue
             rows.append([f"**{a.arm}**" if a.arm == rec.baseline else a.arm, str(a.estimate.n), _pm(a.estimate, m.fmt),
                          "(baseline)" if a.arm == rec.baseline else _ci(a.paired, m.fmt),
                          _ci(a.paired_prompts, m.fmt) if m.key == "rouge_l" and a.arm != rec.baseline else "",
@@ -113,6 +117,8 @@ def write_report(rec: StudyRecipe, results: Mapping[tuple[str, int], Mapping[str
             header.pop(4)
             rows = [r[:4] + r[5:] for r in rows]
         lines += _table(header, rows) + [""]
+        if apart:
+            lines += [f"Not compared with {rec.baseline}: {', '.join(apart)}. " + _KL_APART, ""]
         refs = [f"{label} {_f(value(v, m.key) * m.scale, m.fmt)}" for label, v in (reference or {}).get("models", {}).items()
                 if value(v, m.key) is not None]
         if refs:
@@ -122,7 +128,8 @@ def write_report(rec: StudyRecipe, results: Mapping[tuple[str, int], Mapping[str
         key = next((k for k in PRIMARY if k in summaries), next(iter(summaries)))
         if _plot(summaries[key], rec, rec.results / "study.png"):
             lines += ["![study](study.png)", ""]
-    lines += _gap_sections(results, arms, rec.baseline)
+    kl_apart = frozenset(a for a in arms if teacher_mode(rec, a) != teacher_mode(rec, rec.baseline))
+    lines += _gap_sections(results, arms, rec.baseline, kl_apart)
     if plots and _plot_gap(results, arms, rec.results / "gap_closed.png"):
         lines += ["![gap closed per domain](gap_closed.png)", ""]
     lines += _domain_section(results, arms)
@@ -145,7 +152,7 @@ def _compare_section(results, rec: StudyRecipe) -> list[str]:
     for m in metrics_present(results):
         for arm, ref in pairs:
             s = summarize(results, [ref, arm], ref, m)
-            if len(s) < 2:
+            if len(s) < 2 or not _comparable(rec, m, arm, ref):
                 continue
             a = s[1]
             n = a.paired.n if a.paired is not None else 0
@@ -159,6 +166,23 @@ def _compare_section(results, rec: StudyRecipe) -> list[str]:
              "by held-out prompt), read as the tables above.", ""]
             + _table(["metric", "comparison", "seeds", "Δ [95 % CI]", "Δ over prompts [95 % CI]", "verdict", "detectable"], rows)
             + [""])
+
+
+_KL_APART = ("Their held-out KL is measured against the online teacher's full distribution, the other side's "
+             "against the stored top-k log-probs (plus the tail bucket): two different quantities, so no difference "
+             "is computed (each arm's own before → after is still meaningful).")
+
+
+def teacher_mode(rec: StudyRecipe, arm: str) -> str:
+    """The arm's `teacher_mode` (its override, the shared [train] value, or TrainConfig's default)."""
+    from distillkit.pipelines.train import TrainConfig
+
+    return str(rec.arms[arm].train.get("teacher_mode", rec.train.get("teacher_mode", TrainConfig.teacher_mode)))
+
+
+def _comparable(rec: StudyRecipe, m: Metric, arm: str, ref: str) -> bool:
+    """KL metrics compare only between arms that measure KL against the same teacher signal."""
+    return not m.key.startswith("kl") or teacher_mode(rec, arm) == teacher_mode(rec, ref)
 
 
 def _domain_section(results, arms: list[str]) -> list[str]:
@@ -258,9 +282,10 @@ def _reference_ratios(reference) -> dict[str, float]:
     return {d: s[d] / t[d] for d in s if d in t and t[d]}
 
 
-def _gap_sections(results, arms: list[str], baseline: str) -> list[str]:
+def _gap_sections(results, arms: list[str], baseline: str, kl_apart: frozenset[str] = frozenset()) -> list[str]:
     """Per domain (lagging at the start first) and arm: the share of the gap closed, mean over seeds, and for the
-    other arms the paired difference to the baseline (same seeds), in points."""
+    other arms the paired difference to the baseline (same seeds), in points; none for KL in `kl_apart` arms
+    (KL against another teacher signal than the baseline's)."""
     ratios = _start_ratios(results)
     lines: list[str] = []
     for key, what in (("gap_closed", "Perplexity gap closed per domain, % = (ppl_before − ppl_after) / (ppl_before − ppl_teacher)"),
@@ -280,7 +305,7 @@ def _gap_sections(results, arms: list[str], baseline: str) -> list[str]:
                     continue
                 cell = f"{100 * sum(xs.values()) / len(xs):.1f}"
                 common = sorted(set(xs) & set(base.get(d, {})))
-                if a != baseline and common:
+                if a != baseline and common and not (key == "kl_closed" and a in kl_apart):
                     delta = 100 * sum(xs[s] - base[d][s] for s in common) / len(common)
                     cell += f" ({delta:+.1f})"
                 row.append(cell)

@@ -83,6 +83,34 @@ def test_report_compares_the_recipe_pairs_by_hand(tmp_path):
     assert "4.00 [-0.30, 8.30]" in row and "no difference detected" in row, row
 
 
+def test_kl_is_not_compared_across_teacher_signals(tmp_path):
+    """An online arm's held-out KL (full teacher distribution) against an offline baseline's (stored top-k): no
+    Δ, no verdict, a line saying why; between two online arms (the recipe's compare) the Δ is computed."""
+    from distillkit.study import read_study
+    from distillkit.study_report import write_report
+
+    online = "train = { teacher_mode = 'online', loss = 'jsd' }"
+    rec_path = _recipe(tmp_path / "s.toml", 'scores = "x"\nbaseline = "a"\ncompare = [["g-pocl", "g"]]\n'
+                       "[budget]\nepochs = 1\n[train]\nteacher_mode = 'offline'\n[arms.a]\n"
+                       f"[arms.g]\n{online}\n[arms.g-pocl]\nplan = {{ stages = 2 }}\n{online}\n")
+    rec = read_study(rec_path, out=str(tmp_path / "runs"), results=str(tmp_path / "res"))
+    res = {}
+    for seed in range(3):
+        for arm, kl in (("a", 0.70), ("g", 0.20 + 0.01 * seed), ("g-pocl", 0.10 + 0.02 * seed)):
+            res[(arm, seed)] = {"metrics": {"kl": kl, "ppl": 5.0 + seed + (arm == "g")}}
+    rec.results.mkdir(parents=True)
+    text = write_report(rec, res, None, {}, plots=False).read_text()
+    kl_table = text.split("## held-out KL")[1].split("## ")[0]
+    g_row = next(line for line in kl_table.splitlines() if line.startswith("| g |"))
+    assert "not comparable" in g_row and "better" not in g_row, g_row
+    assert "Not compared with a: g, g-pocl." in kl_table
+    ppl_row = next(line for line in text.split("## held-out perplexity")[1].splitlines() if line.startswith("| g |"))
+    assert "1.00 [1.00, 1.00]" in ppl_row and "worse" in ppl_row, ppl_row  # perplexity compares across teacher signals
+    kl_pair = next(line for line in text.splitlines() if "g-pocl − g" in line and "KL" in line)
+    # per seed: -0.10, -0.09, -0.08 -> mean -0.09
+    assert "-0.0900 [" in kl_pair and "better" in kl_pair, kl_pair
+
+
 @pytest.mark.parametrize("compare, message", [
     ('[["pocl", "nope"]]', "compare names 'nope', not an arm"),
     ('[["pocl", "pocl"]]', "compare pairs 'pocl' with itself"),
