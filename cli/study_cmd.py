@@ -16,6 +16,7 @@ def study(
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Runs side by side, each in its own process (default: the recipe's jobs, else 1)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads per run (default: the recipe's threads, else cores / jobs)."),
     report_only: bool = typer.Option(False, "--report-only", help="Rewrite the report from the result files; run nothing."),
+    status: bool = typer.Option(False, "--status", help="Show where every run stands (done, training at checkpoint N, evaluating, interrupted, pending); run and write nothing."),
     worker: bool = typer.Option(False, "--worker", hidden=True, help="Internal: one of the --jobs processes."),
 ) -> None:
     """Compare arms (plan/train overrides) over training seeds at an equal budget: one result file per run, a report with 95 % CIs.
@@ -23,11 +24,14 @@ def study(
     Finished runs are skipped (also when their result files came from another machine); a killed study resumes.
     """
     with handled():
-        from distillkit.pipelines.study import StudyOptions, run
+        from distillkit.pipelines.study import StudyOptions, format_states, run
         from distillkit.progress import console
 
-        res = run(StudyOptions(recipe, out, results, jobs, threads, report_only, worker))
+        res = run(StudyOptions(recipe, out, results, jobs, threads, report_only, worker, status))
         if worker:
+            return
+        if res.status is not None:
+            typer.echo(format_states(res.status))
             return
         if res.report is not None:
             console.print(f"[green]study[/]: {len(res.ran)} run(s) done, {len(res.skipped)} already finished")

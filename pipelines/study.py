@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 from distillkit.errors import ConfigError
 from distillkit.study import StudyRecipe
@@ -52,6 +52,7 @@ class StudyOptions:
     threads: int | None = None
     report_only: bool = False
     worker: bool = False
+    status: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,12 +75,25 @@ class StudyPlan:
     notes: list[str] = field(default_factory=list)
 
 
+RunStateName = Literal["done", "training", "evaluating", "interrupted", "pending"]
+
+
+@dataclass(frozen=True)
+class RunState:
+    """Where one run of the study stands (`distillkit study RECIPE --status`)."""
+
+    id: str
+    state: RunStateName
+    detail: str
+
+
 @dataclass(frozen=True)
 class StudyResult:
     results: Path
     report: Path | None
     ran: list[str]
     skipped: list[str]
+    status: list[RunState] | None = None
 
 
 def find_recipe(spec: str) -> Path:
@@ -260,6 +274,8 @@ def run(opts: StudyOptions) -> StudyResult:
 
     rec = read_study(find_recipe(opts.recipe), opts.out, opts.results)
     sp = prepare(rec)
+    if opts.status:  # read only: nothing is written, not even study.json
+        return StudyResult(rec.results, None, [], [], status=run_states(sp))
     if not opts.worker:  # the parent records the setting; its workers only run
         _record_setting(rec.results / "study.json", sp)
     if opts.report_only:
@@ -282,6 +298,73 @@ def run(opts: StudyOptions) -> StudyResult:
         ran = _work(sp, pending, threads)
     report = None if opts.worker else _report(sp)
     return StudyResult(rec.results, report, ran, skipped)
+
+
+def run_states(sp: StudyPlan) -> list[RunState]:
+    """Every run's state from what is on disk: its result file, the lock of the worker running it, its train
+    checkpoints and its eval's partial output. Reads only."""
+    from distillkit.artifacts import MANIFEST, partial_dir
+    from distillkit.locks import live_holder
+    from distillkit.training.checkpoint import latest_checkpoint
+
+    budgets_file = sp.recipe.results / "budgets.json"
+    budgets = json.loads(budgets_file.read_text(encoding="utf-8")) if budgets_file.is_file() else {}
+    logged = _logged_steps(sp.recipe.root / "logs")
+    out = []
+    for job in sp.jobs:
+        res = _result_path(sp, job)
+        if res.is_file():
+            r = json.loads(res.read_text(encoding="utf-8"))
+            cpu = (r.get("machine") or {}).get("cpu", "?")
+            out.append(RunState(job.id, "done", f"{r.get('wall_s', 0) / 60:.0f} min on {cpu}, {str(r.get('written', ''))[:10]}"))
+            continue
+        holder = live_holder(sp.recipe.root / "locks" / f"{job.id}.lock")
+        trained = job.train is None or (Path(job.train.out) / MANIFEST).is_file()
+        if not trained:
+            steps = (budgets.get(job.arm) or {}).get("steps")
+            last = latest_checkpoint(partial_dir(job.train.out) / "checkpoints")
+            at = f"checkpoint step {last[0]} of {steps or '?'}" if last else "no checkpoint yet"
+            if holder is not None:
+                now = logged.get(job.id)
+                out.append(RunState(job.id, "training", (f"{now}, " if now else "") + f"{at}; worker pid {holder.pid}"))
+            elif partial_dir(job.train.out).exists():
+                out.append(RunState(job.id, "interrupted", f"training: {at}" + (" (resumes there)" if last else " (restarts)")))
+            else:
+                out.append(RunState(job.id, "pending", ""))
+        elif holder is not None:
+            out.append(RunState(job.id, "evaluating", f"worker pid {holder.pid}"))
+        elif partial_dir(job.eval.out).exists():
+            out.append(RunState(job.id, "interrupted", "evaluation (resumes with its finished models)"))
+        else:
+            out.append(RunState(job.id, "pending", "trained; evaluation to do" if job.train is not None else ""))
+    return out
+
+
+def _logged_steps(logs: Path) -> dict[str, str]:
+    """Run id -> 'step N/M, eta E' from the last step line of the run each worker log names last (advisory: the
+    log is for people; the checkpoint is what a resume uses)."""
+    found: dict[str, str] = {}
+    for log in sorted(logs.glob("worker-*.log")) if logs.is_dir() else []:
+        run, step = None, None
+        with open(log, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("── study run "):
+                    run, step = line.split()[3], None
+                elif line.startswith("step ") and run is not None:
+                    parts = line.split()
+                    step = f"{parts[0]} {parts[1]}" + (f", eta {parts[-1]}" if "eta" in parts else "")
+        if run is not None and step is not None:
+            found[run] = step
+    return found
+
+
+def format_states(states: list[RunState]) -> str:
+    """The --status table: one line per run, then the count per state."""
+    width = max((len(s.id) for s in states), default=3)
+    lines = [f"{s.id:<{width}}  {s.state:<11}  {s.detail}".rstrip() for s in states]
+    counts = {k: sum(1 for s in states if s.state == k) for k in ("done", "training", "evaluating", "interrupted", "pending")}
+    lines.append(f"{len(states)} runs: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n))
+    return "\n".join(lines)
 
 
 def _record_setting(path: Path, sp: StudyPlan) -> None:
@@ -463,4 +546,4 @@ def _report(sp: StudyPlan) -> Path | None:
     return write_report(sp.recipe, results, reference, budgets)
 
 
-__all__ = ["StudyOptions", "StudyResult", "StudyPlan", "RunJob", "prepare", "check_budgets", "run", "find_recipe", "KIND"]
+__all__ = ["RunState", "format_states", "run_states", "StudyOptions", "StudyResult", "StudyPlan", "RunJob", "prepare", "check_budgets", "run", "find_recipe", "KIND"]

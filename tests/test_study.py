@@ -262,6 +262,11 @@ def test_study_end_to_end_skip_resume_and_pickup(tmp_path, study_scores, monkeyp
     out, results = tmp_path / "runs", tmp_path / "results"
     recipe = _recipe(tmp_path / "study.toml", STUDY.format(out=out, scores=study_scores))
 
+    # 0. --status before anything ran: every run pending, nothing written
+    r = runner.invoke(app, ["study", str(recipe), "--results", str(results), "--status"])
+    assert r.exit_code == 0 and r.output.strip().splitlines()[-1] == "5 runs: 5 pending", r.output
+    assert not results.exists() and not out.exists()
+
     # 1. killed during the 3rd evaluation (flat-s0, pocl-s0, then flat-s1): two result files survive, flat-s1's train is done
     real, calls = ev.run, {"n": 0}
 
@@ -281,6 +286,11 @@ def test_study_end_to_end_skip_resume_and_pickup(tmp_path, study_scores, monkeyp
     before = train_manifest.stat().st_mtime_ns
     flat_result = (results / "flat-s0.json").read_text()
     monkeypatch.setattr(ev, "run", real)
+    r = runner.invoke(app, ["study", str(recipe), "--results", str(results), "--status"])
+    states = {line.split()[0]: line.split(None, 2)[1:] for line in r.output.strip().splitlines()[:-1]}
+    assert states["flat-s0"][0] == "done" and states["pocl-s0"][0] == "done", r.output
+    assert states["flat-s1"] == ["pending", "trained; evaluation to do"], r.output
+    assert r.output.strip().splitlines()[-1] == "5 runs: 2 done, 3 pending", r.output
 
     # 2. rerun: finished runs skipped, flat-s1 evaluated from its finished train, the rest run
     r = runner.invoke(app, ["study", str(recipe), "--results", str(results), "--threads", "1"])
@@ -328,6 +338,37 @@ def test_study_end_to_end_skip_resume_and_pickup(tmp_path, study_scores, monkeyp
     changed = _recipe(tmp_path / "changed.toml", STUDY.format(out=out, scores=study_scores).replace("epochs = 2", "epochs = 3"))
     r = runner.invoke(app, ["study", str(changed), "--results", str(results)])
     assert r.exit_code == 2 and "another budget" in r.output, r.output
+
+
+def test_status_of_a_run_in_training_and_of_an_interrupted_one(tmp_path, study_scores):
+    """A live worker's lock + a checkpoint + its log line: 'training' with the logged step; the lock gone:
+    'interrupted', resuming from the checkpoint."""
+    from distillkit.locks import claim, release
+    from distillkit.pipelines.study import prepare, run_states
+    from distillkit.study import read_study
+
+    out, results = tmp_path / "runs", tmp_path / "results"
+    recipe = _recipe(tmp_path / "study.toml", STUDY.format(out=out, scores=study_scores))
+    sp = prepare(read_study(recipe, None, str(results)))
+    job = next(j for j in sp.jobs if j.id == "pocl-s0")
+    ckpt = Path(job.train.out + ".partial") / "checkpoints" / "step-00000004"
+    ckpt.mkdir(parents=True)
+    for f in ("model.pt", "optimizer.pt", "trainer.pt"):
+        (ckpt / f).write_bytes(b"")
+    (out / "logs").mkdir(parents=True)
+    (out / "logs" / "worker-1.log").write_text("── study run pocl-s0 (0 of 5 finished)\n"
+                                               "step 5/9  loss 1.0  KD 1.0  CE 1.0  lr 1.00e-03  eta 0:00:07\n")
+    lock = out / "locks" / "pocl-s0.lock"
+    assert claim(lock)
+    try:
+        got = {s.id: s for s in run_states(sp)}
+        assert got["pocl-s0"].state == "training"
+        assert got["pocl-s0"].detail.startswith("step 5/9, eta 0:00:07, checkpoint step 4 of ?; worker pid "), got["pocl-s0"]
+    finally:
+        release(lock)
+    got = {s.id: s for s in run_states(sp)}
+    assert (got["pocl-s0"].state, got["pocl-s0"].detail) == ("interrupted", "training: checkpoint step 4 of ? (resumes there)")
+    assert got["flat-s0"].state == "pending"
 
 
 def test_stale_lock_of_a_killed_worker_is_taken_over(tmp_path):
