@@ -64,7 +64,7 @@ class TrainConfig:
     steps: int | None = opt(None, "Optimizer steps (default: the plan's stages, each stage_length long).", panel="optimizer")
     batch_size: int = opt(8, "Global batch: sequences per optimizer step over all processes and accumulation steps.", panel="optimizer")
     grad_accum: int = opt(1, "Micro-batches per process per step (micro-batch = batch_size / (processes × grad_accum)).", panel="optimizer")
-    pack: bool = opt(False, "Pack each micro-batch's samples into as few rows as fit its longest sample (positions restart per sample, attention stays inside it): the same losses and gradients on fewer padded positions; pays off on data of uneven lengths (prompt/response). Also the held-out passes. Needs transformers >= 4.54.", panel="optimizer")
+    pack: bool = opt(False, "Pack each micro-batch's samples into as few rows as fit its longest sample (positions restart per sample, attention stays inside it): the same losses and gradients on fewer padded positions; pays off on data of uneven lengths (prompt/response). Also the held-out passes and the on-policy batches of the student's answers. Needs transformers >= 4.54.", panel="optimizer")
     seq_len: int = opt(256, "Train on the first seq_len tokens of each sample as the score stage tokenized it (so at most its max_length).", panel="optimizer")
     lr: float | None = opt(None, "Peak learning rate (AdamW). Default by the student's scored gap to the teacher: 1e-4 for a student far from it (perplexity ratio >= 2, e.g. freshly pruned), 1e-5 for one already close (a trained student); printed before training.", panel="optimizer")
     min_lr_ratio: float = opt(0.1, "Cosine schedule ends at min_lr_ratio × lr.", panel="optimizer")

@@ -211,17 +211,40 @@ def _train_cfg(p, out, **kw):
     return TrainConfig(**{**base, **kw})
 
 
-@pytest.mark.parametrize("mode", ["online", "offline"])
-def test_packed_training_follows_the_padded_run(uneven, tmp_path, one_thread, mode):
+# on-policy: every step generates (λ = 1) from a prefix of up to 40 tokens (shorter documents: shorter
+# prefixes, so the batches have uneven lengths); 2 steps, so the second step's samples come from
+# weights that differ between the two runs only in float order (a flipped sample would need a draw within ~1e-7
+# of a boundary)
+ON_POLICY = dict(teacher_mode="online", on_policy=1.0, prefix_tokens=40, gen_max_new_tokens=12, steps=2)
+
+
+@pytest.mark.parametrize("mode", ["online", "offline", "on-policy"])
+def test_packed_training_follows_the_padded_run(uneven, tmp_path, one_thread, mode, monkeypatch):
     """Same draws, same losses step by step, same held-out figures and (to float order) the same weights, on
-    micro-batches that really pack (fewer padded positions than padding)."""
+    micro-batches that really pack (fewer padded positions than padding); on-policy batches (the student's
+    answers, of uneven lengths) pack the same way."""
     from safetensors.torch import load_file
 
     from distillkit.artifacts import read_artifact
     from distillkit.pipelines.train import run
 
-    run(_train_cfg(uneven, tmp_path / "plain", teacher_mode=mode))
-    run(_train_cfg(uneven, tmp_path / "packed", teacher_mode=mode, pack=True))
+    from distillkit.training import onpolicy
+
+    kw = ON_POLICY if mode == "on-policy" else {"teacher_mode": mode}
+    shapes, real = [], onpolicy.student_batch
+
+    def spy(model, seqs, rows, *a, **k):  # (answers, rows of the batch) of every on-policy batch
+        b = real(model, seqs, rows, *a, **k)
+        shapes.append((len(rows), b.input_ids.shape[0]))
+        return b
+
+    monkeypatch.setattr(onpolicy, "student_batch", spy)
+    run(_train_cfg(uneven, tmp_path / "plain", **kw))
+    assert all(n == r for n, r in shapes)
+    shapes.clear()
+    run(_train_cfg(uneven, tmp_path / "packed", pack=True, **kw))
+    assert (mode != "on-policy") == (shapes == []) and all(r <= n for n, r in shapes)
+    assert mode != "on-policy" or any(r < n for n, r in shapes), shapes  # the answers really packed
     a, b = (read_artifact(tmp_path / n, "train") for n in ("plain", "packed"))
     ma, mb = a.table("metrics.arrow"), b.table("metrics.arrow")
     for key in ("loss", "kd_loss", "ce_loss", "tokens"):

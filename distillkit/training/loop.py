@@ -159,7 +159,8 @@ def accumulate_gradients(parts: Components, settings: Settings, global_rows: np.
         with record_function("distillkit.generate"):
             student = D.unwrap(parts.model).student
             batches = [student_batch(student, c.seqs, mine[m * micro : (m + 1) * micro], settings.on_policy, step=step,
-                                     rank=dist.rank, micro=m, device=dist.device, autocast=settings.autocast)
+                                     rank=dist.rank, micro=m, device=dist.device, autocast=settings.autocast,
+                                     pack=settings.pack)
                        for m in range(settings.grad_accum)]
         counts = torch.tensor([sum(b.num_targets for b in batches), sum(int(b.attention_mask.sum()) for b in batches)],
                               dtype=torch.float64, device=dist.device)

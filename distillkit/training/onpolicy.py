@@ -78,8 +78,9 @@ def generation_seed(seed: int, step: int, rank: int, micro: int) -> int:
 
 
 def student_batch(model, seqs: Sequences, rows: Sequence[int], op: OnPolicy, *, step: int, rank: int, micro: int,
-                  device, autocast: "torch.dtype | None" = None) -> Batch:
-    """The student's answers to `rows`' prompts as a training batch (targets: the answers)."""
+                  device, autocast: "torch.dtype | None" = None, pack: bool = False) -> Batch:
+    """The student's answers to `rows`' prompts as a training batch (targets: the answers); `pack`: packed
+    like an off-policy batch with --pack (the answers' lengths vary, so the padding saved is real)."""
     import torch
 
     from distillkit.evaluation.generation import sample_answers
@@ -103,7 +104,7 @@ def student_batch(model, seqs: Sequences, rows: Sequence[int], op: OnPolicy, *, 
     start = np.array([len(p) for p in prompts], dtype=np.int64)
     gen = Seqs([seqs.sample_id[i] for i in rows], [seqs.domain[i] for i in rows], ids, start,
                np.array([len(a) for a in answers], dtype=np.int64))
-    return collate(gen, range(len(rows)), op.pad_id, device)
+    return collate(gen, range(len(rows)), op.pad_id, device, pack=pack)
 
 
 __all__ = ["OnPolicy", "PromptFrom", "student_batch", "generation_seed"]
