@@ -411,7 +411,6 @@ def test_the_parent_passes_sigterm_to_its_workers_once():
     import signal
     import subprocess
     import sys
-    import time
 
     from distillkit.pipelines.study import _forward_signals
 
