@@ -318,7 +318,7 @@ def run_states(sp: StudyPlan) -> list[RunState]:
             cpu = (r.get("machine") or {}).get("cpu", "?")
             out.append(RunState(job.id, "done", f"{r.get('wall_s', 0) / 60:.0f} min on {cpu}, {str(r.get('written', ''))[:10]}"))
             continue
-        holder = live_holder(sp.recipe.root / "locks" / f"{job.id}.lock")
+        holder = live_holder(_lock_path(sp, job))
         trained = job.train is None or (Path(job.train.out) / MANIFEST).is_file()
         if not trained:
             steps = (budgets.get(job.arm) or {}).get("steps")
@@ -398,6 +398,11 @@ def _result_path(sp: StudyPlan, job: RunJob) -> Path:
     return sp.recipe.results / f"{job.id}.json"
 
 
+def _lock_path(sp: StudyPlan, job: RunJob) -> Path:
+    """The lock a worker holds while it runs `job` (claimed in `_work`, read by `run_states`)."""
+    return sp.recipe.root / "locks" / f"{job.id}.lock"
+
+
 def _pending(sp: StudyPlan) -> list[RunJob]:
     out = []
     for job in sp.jobs:
@@ -421,7 +426,7 @@ def _work(sp: StudyPlan, pending: list[RunJob], threads: int) -> list[str]:
     torch.set_num_threads(threads)
     ran = []
     for job in pending:
-        lock = sp.recipe.root / "locks" / f"{job.id}.lock"
+        lock = _lock_path(sp, job)
         if _result_path(sp, job).is_file() or not claim(lock):
             continue
         try:
