@@ -512,12 +512,10 @@ def _forward_signals(procs: list) -> Iterator[list[int]]:
     """While the block runs, SIGTERM/SIGINT to this process is recorded (yielded list) and passed on to every
     live worker; a worker that gets it twice stops at once."""
     import signal
-    import threading
+
+    from distillkit.training.stop import handling
 
     received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
 
     def forward(signum, frame):
         received.append(signum)
@@ -529,12 +527,8 @@ def _forward_signals(procs: list) -> Iterator[list[int]]:
             if p.poll() is None:
                 p.send_signal(signum)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with handling(forward):
         yield received
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 def _report(sp: StudyPlan) -> Path | None:

@@ -339,6 +339,32 @@ def test_a_second_signal_stops_at_once_and_handlers_are_restored():
     assert signal.getsignal(signal.SIGINT) is before and stop.requested() == 0
 
 
+def test_signal_handlers_are_left_alone_outside_the_main_thread():
+    """`signal.signal` raises in other threads; there the block runs with the handlers it had (training in a
+    thread still works, it just cannot be stopped gracefully)."""
+    import signal
+    import threading
+
+    from distillkit.training import stop
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    seen = []
+
+    def body():
+        with stop.handling(lambda *a: None) as installed:
+            seen.append((installed, {s: signal.getsignal(s) for s in before}))
+        with stop.graceful_stop():
+            seen.append(stop.requested())
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    assert seen == [(False, before), 0]
+    with stop.handling(lambda *a: None) as installed:
+        assert installed and signal.getsignal(signal.SIGTERM) is not before[signal.SIGTERM]
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
 def test_torchrun_ddp_and_fsdp2_match_single_process(pipeline, tmp_path):
     """2 processes x 2 micro-batches of 1 vs 1 process x 4 micro-batches of 1: the same global batch of 4.
 

@@ -39,12 +39,25 @@ def signal_name(signum: int) -> str:
 
 
 @contextlib.contextmanager
+def handling(handler) -> Iterator[bool]:
+    """Within the block, SIGTERM and SIGINT go to `handler(signum, frame)`; the previous handlers come back when
+    it ends. Yields whether the handler was installed: `signal.signal` works only in the main thread, elsewhere the
+    block runs with the handlers it had."""
+    if threading.current_thread() is not threading.main_thread():
+        yield False
+        return
+    previous = {s: signal.signal(s, handler) for s in _SIGNALS}
+    try:
+        yield True
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
 def graceful_stop(say=None) -> Iterator[None]:
     """Within the block, the first SIGTERM/SIGINT is recorded for `requested()` (and announced through `say`);
     the second restores the previous handlers and delivers itself, so the process stops as it would have."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     previous = {s: signal.getsignal(s) for s in _SIGNALS}
 
     def handler(signum, frame):
@@ -59,14 +72,11 @@ def graceful_stop(say=None) -> Iterator[None]:
                 f"(send it again to stop at once)")
 
     _received.clear()
-    for s in _SIGNALS:
-        signal.signal(s, handler)
     try:
-        yield
+        with handling(handler):
+            yield
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
         _received.clear()
 
 
-__all__ = ["StoppedBySignal", "graceful_stop", "requested", "signal_name"]
+__all__ = ["StoppedBySignal", "graceful_stop", "handling", "requested", "signal_name"]
