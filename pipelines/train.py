@@ -23,6 +23,7 @@ continues from the newest. See docs/train.md.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,8 @@ class TrainConfig:
     gen_max_new_tokens: int = opt(64, "On-policy: new tokens the student generates per prompt (prompt + these must fit seq_len).", panel="on-policy")
     gen_temperature: float = opt(1.0, "On-policy: sampling temperature of the student's answers (0 = greedy).", panel="on-policy")
     gen_top_p: float = opt(1.0, "On-policy: nucleus top-p of the student's answers (1 = off).", panel="on-policy")
+    gen_engine: Literal["hf", "vllm"] = opt("hf", "On-policy: who generates the student's answers. hf: transformers generate on the training model (always current weights); vllm: a vLLM engine holding a copy of the student, its weights replaced in place every gen_refresh_every steps (needs vllm; single process).", panel="on-policy")
+    gen_refresh_every: int = opt(1, "On-policy with gen_engine = vllm: push the student's weights into vLLM when they are this many optimizer steps old (1: every step, exactly on-policy; resume is exact only at 1).", panel="on-policy")
     prefix_tokens: int | None = opt(None, "On-policy on plain text: the student continues the first N tokens of each document (prompt/response data uses the prompt).", panel="on-policy")
     eval_heldout: bool = opt(True, "Measure held-out perplexity and KL to the teacher per domain before and after training.", panel="held-out")
     eval_batch_size: int = opt(8, "Sequences per batch in held-out measurements.", panel="held-out")
@@ -148,6 +151,8 @@ class TrainConfig:
                             f"{self.gen_max_new_tokens}, {self.gen_temperature}, {self.gen_top_p}")
         if self.prefix_tokens is not None and self.prefix_tokens < 1:
             problems.append(f"prefix_tokens must be >= 1 or unset, got {self.prefix_tokens}")
+        if self.gen_refresh_every < 1:
+            problems.append(f"gen_refresh_every must be >= 1 (optimizer steps between weight pushes to vLLM), got {self.gen_refresh_every}")
         if self.on_policy == 0 or problems:
             return problems
         if self.gen_max_new_tokens >= self.seq_len:
@@ -159,6 +164,9 @@ class TrainConfig:
         if self.teacher_mode == "offline":
             problems.append("on_policy > 0 needs teacher_mode = 'online': stored top-k cannot score the student's own "
                             "samples; use --teacher-mode online or on_policy = 0")
+        if self.gen_engine == "vllm" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            problems.append("gen_engine = 'vllm' runs in one process (one vLLM engine beside the trainer); under torchrun "
+                            "use --gen-engine hf")
         if self.strategy == "fsdp2":
             problems.append("on_policy > 0 runs with strategy = 'ddp' (FSDP2 would need every rank to generate in "
                             "lockstep); use --strategy ddp")
@@ -169,7 +177,11 @@ class TrainConfig:
 _NOT_IDENTITY = ("out", "save_every", "keep_checkpoints", "log_every", "tensorboard", "early_check", "early_check_stop")
 # Generation settings change nothing while on_policy = 0: left out of the identity then, so off-policy
 # artifacts made before these options existed are still recognised as complete.
-_ON_POLICY_KEYS = ("on_policy", "gen_max_new_tokens", "gen_temperature", "gen_top_p", "prefix_tokens")
+_ON_POLICY_KEYS = ("on_policy", "gen_max_new_tokens", "gen_temperature", "gen_top_p", "prefix_tokens", "gen_engine",
+                   "gen_refresh_every")
+# The answer source's keys at their defaults (transformers generate) leave the identity too, so on-policy
+# artifacts made before vLLM generation existed are still recognised as complete.
+_GEN_ENGINE_DEFAULTS = {"gen_engine": "hf", "gen_refresh_every": 1}
 # Packing computes the same losses (up to float order); off, it stays out of the identity so artifacts made
 # before the option existed are still recognised as complete.
 _PACK_KEYS = ("pack",)
@@ -189,7 +201,7 @@ def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Stag
     check(cfg)  # a config made in code gets the checks the CLI's gets (non-finite numbers included), before any work
     t0 = time.time()
     dist = D.init_from_env(cfg.device)
-    writer = None
+    writer = parts = None
     try:
         torch.manual_seed(cfg.seed)
         inputs = prepare(cfg, dist)  # every input check happens here, before --out is touched
@@ -215,6 +227,8 @@ def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Stag
         D.barrier(dist)
         return _result(cfg, "resumed" if found == "resumed" else "ran")
     finally:
+        if parts is not None and hasattr(parts.answers, "close"):
+            parts.answers.close()  # a vLLM engine's memory
         if writer is not None:
             writer.close()  # rank 0's hold on the output's lock (finish gives it back on success)
         D.shutdown(dist)
@@ -243,7 +257,8 @@ def _open_output(cfg: TrainConfig, inputs: Inputs, dist: DistInfo, resume: bool,
 
     skip = _NOT_IDENTITY + (_ON_POLICY_KEYS if cfg.on_policy == 0 else ()) + (() if cfg.pack else _PACK_KEYS)
     unset = ("ddk_factor", "ddk_tau")  # None = the plan's, which the plan's hash already covers
-    ident = {k: v for k, v in to_dict(cfg).items() if k not in skip and not (k in unset and v is None)} | inputs.identity
+    ident = {k: v for k, v in to_dict(cfg).items() if k not in skip and not (k in unset and v is None)
+             and not (k in _GEN_ENGINE_DEFAULTS and v == _GEN_ENGINE_DEFAULTS[k])} | inputs.identity
     writer, found = None, None
     if dist.is_main:
         from distillkit.artifacts import ArtifactWriter
@@ -293,6 +308,14 @@ def prepare(cfg: TrainConfig, dist: DistInfo) -> Inputs:
 
         raise ConfigError("on_policy > 0 on plain-text data needs --prefix-tokens N: the student continues the first N "
                           "tokens of each document")
+    if cfg.on_policy > 0 and cfg.gen_engine == "vllm":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            from distillkit.engines.vllm import _INSTALL_HINT
+            from distillkit.errors import EngineUnavailable
+
+            raise EngineUnavailable(f"gen_engine = 'vllm' needs the vllm package; {_INSTALL_HINT}, or use --gen-engine hf")
 
     if cfg.teacher_mode == "offline" and scores.files("sampled/"):  # score --teacher-store sampled: fkl / skl at T = 1
         from distillkit.errors import ConfigError
@@ -365,7 +388,8 @@ def prepare(cfg: TrainConfig, dist: DistInfo) -> Inputs:
                   seqs=seqs, domain_codes=codes, stages=cur.column("stage").to_numpy().astype(np.int64),
                   domains=domains, plan_weights=mix.column("weight").to_numpy(), teacher_ppl=mix.column("teacher_ppl").to_numpy(),
                   student_ppl=mix.column("student_ppl").to_numpy(), heldout_rows=heldout_rows, heldout_source=source, topk=topk,
-                  pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0, identity=identity, data_format=ds.format)
+                  pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0, identity=identity, data_format=ds.format,
+                  student_dir=str(student_dir))
 
 
 def _check_head(model, role: str) -> None:
@@ -469,7 +493,27 @@ def make_components(cfg: TrainConfig, inputs: Inputs, settings: Settings, dist: 
     teacher, eval_teacher = teacher_sources(inputs.teacher, cfg.loss_impl)
     return Components(model=model, teacher=teacher, eval_teacher=eval_teacher,
                       corpus=Corpus(inputs.seqs, inputs.pad_id, inputs.topk, inputs.heldout_rows), stages=stages, lr=lr,
-                      loss=spec, make_optimizer=lambda: adamw(model, lr(0), settings.weight_decay), dist=dist)
+                      loss=spec, make_optimizer=lambda: adamw(model, lr(0), settings.weight_decay), dist=dist,
+                      answers=_answer_source(cfg, inputs, settings))
+
+
+def _answer_source(cfg: TrainConfig, inputs: Inputs, settings: Settings):
+    """Where on-policy answers come from: None (transformers generate on the training model) or a vLLM engine
+    started on the student's directory, in the student's compute dtype."""
+    if settings.on_policy is None or cfg.gen_engine == "hf":
+        return None
+    import torch
+
+    from distillkit.engines.vllm import VllmEngine
+    from distillkit.progress import console
+    from distillkit.training.onpolicy import VllmAnswers
+
+    dtype = "bfloat16" if settings.autocast == torch.bfloat16 else "float32"
+    console.print(f"train: on-policy answers from vLLM ({dtype}), the student's weights pushed into it when "
+                  f"{cfg.gen_refresh_every} step(s) old", highlight=False)
+    # On a GPU the engine shares the device with training: a third of its memory for vLLM's weights and KV cache.
+    engine = VllmEngine(inputs.student_dir, dtype=dtype, max_model_len=cfg.seq_len, max_top_k=1, gpu_memory_utilization=0.3)
+    return VllmAnswers(engine, cfg.gen_refresh_every)
 
 
 def initial_state(cfg: TrainConfig, inputs: Inputs) -> TrainState:
@@ -575,7 +619,10 @@ def finish(cfg: TrainConfig, inputs: Inputs, parts: Components, settings: Settin
         op = settings.on_policy
         extra["train"]["on_policy"] = {"fraction": op.fraction, "max_new_tokens": op.max_new_tokens, "temperature": op.temperature,
                                        "top_p": op.top_p, "prompt_from": op.prompt_from, "prefix_tokens": op.prefix_tokens,
-                                       "steps": int(sum(bool(r.get("on_policy")) for r in m))}
+                                       "steps": int(sum(bool(r.get("on_policy")) for r in m)), "engine": cfg.gen_engine}
+        if parts.answers is not None:
+            extra["train"]["on_policy"] |= {"refresh_every": cfg.gen_refresh_every, "refreshes": parts.answers.refreshes,
+                                            "refresh_s": round(parts.answers.refresh_s, 3)}
     writer.finish(figures, extra=extra)
     console.print(f"[green]wrote[/] {cfg.out}")
 

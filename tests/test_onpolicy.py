@@ -136,6 +136,68 @@ def test_greedy_answers_equal_transformers_generate_and_targets_are_the_answers(
     assert batch.num_targets == sum(int((batch.labels[r] != IGNORE).sum()) for r in range(len(rows)))
 
 
+class _ServedCopy:
+    """An engine in `VllmAnswers`' place without vllm: a separate copy of the student that answers greedily with
+    `transformers` and takes weights only through `load_weights`, as vLLM's served model does."""
+
+    def __init__(self, model, pad_id):
+        import copy
+
+        self.served, self.pad_id, self.pushes = copy.deepcopy(model).eval(), pad_id, 0
+
+    def load_weights(self, named):
+        with torch.no_grad():
+            params = dict(self.served.named_parameters())
+            for name, t in named:
+                params[name].copy_(t)
+        self.pushes += 1
+
+    def sample(self, prompts, max_new_tokens, *, seed, temperature, top_p, eos_ids):
+        from distillkit.evaluation.generation import sample_answers
+
+        assert temperature == 0.0
+        return sample_answers(self.served, prompts, seed=seed, max_new_tokens=max_new_tokens, temperature=0.0,
+                              batch_size=len(prompts), pad_id=self.pad_id, eos_ids=eos_ids, keep_eos=True)
+
+
+def test_a_separate_engine_answers_with_weights_at_most_refresh_every_minus_one_steps_old(pipelines, tmp_path):
+    """`VllmAnswers` pushes the training model's weights when the engine's are `refresh_every` steps old (and on
+    its first use, as after a resume); in between, the answers are those of the weights last pushed."""
+    from distillkit.evaluation.generation import eos_ids
+    from distillkit.training.onpolicy import HFAnswers, OnPolicy, VllmAnswers
+
+    cfg, inputs = _inputs(pipelines, tmp_path)
+    model = inputs.student.eval()
+    op = OnPolicy(fraction=1.0, max_new_tokens=10, temperature=0.0, top_p=1.0, prompt_from="prompt", prefix_tokens=0,
+                  seq_len=48, seed=0, pad_id=inputs.pad_id, eos_ids=tuple(eos_ids(model, inputs.tokenizer)))
+    prompts = [op.prompt(inputs.seqs, i).tolist() for i in (0, 3, 5, 8)]
+    engine = _ServedCopy(model, inputs.pad_id)
+    with torch.no_grad():  # the engine starts from other weights than the trainer's: only a push can align them
+        for p in engine.served.parameters():
+            p.add_(torch.randn_like(p))
+
+    def hf(m):
+        return HFAnswers().answers(m, prompts, op, step=0, seed=0, device="cpu", autocast=None)
+
+    src = VllmAnswers(engine, refresh_every=2)
+    got = {step: None for step in range(5)}
+    history = []
+    for step in range(5):
+        got[step] = src.answers(model, prompts, op, step=step, seed=0, device="cpu", autocast=None)
+        history.append(hf(model))  # what the current weights answer
+        with torch.no_grad():  # an optimizer step that changes the answers
+            model.lm_head.weight.add_(0.5 * torch.randn_like(model.lm_head.weight))
+    assert engine.pushes == src.refreshes == 3 and src.synced_step == 4  # pushed at steps 0, 2, 4
+    assert got[0] == history[0] and got[2] == history[2] and got[4] == history[4]
+    assert got[1] == history[0] and got[3] == history[2]  # one step stale, as allowed
+    assert history[1] != history[0]  # the stale answers really are the old weights'
+    assert src.refresh_s > 0
+    fresh = VllmAnswers(engine, refresh_every=2)  # a resumed run: the first use pushes whatever the step
+    assert fresh.due(7) and fresh.answers(model, prompts, op, step=7, seed=0, device="cpu", autocast=None) == hf(model)
+    with pytest.raises(ValueError, match="refresh_every must be >= 1"):
+        VllmAnswers(engine, refresh_every=0)
+
+
 def test_bf16_generation_keeps_autocasts_weight_cache(pipelines, tmp_path, monkeypatch):
     """Under bf16 autocast the student generates with grad off but *not* in inference mode, which would turn off
     autocast's cache of the bf16 weight casts (every decode step re-casting every weight: 2.8x slower decode on the
@@ -249,6 +311,7 @@ def test_killed_run_at_half_on_policy_resumes_bitwise(pipelines, tmp_path):
     (["--set", "on_policy=1", "--set", "prefix_tokens=4", "--set", "gen_max_new_tokens=8", "--set", "teacher_mode=offline"],
      "needs teacher_mode = 'online'"),
     (["--set", "on_policy=1.5"], "on_policy must be in [0, 1]"),
+    (["--set", "on_policy=1", "--set", "prefix_tokens=4", "--set", "gen_refresh_every=0"], "gen_refresh_every must be >= 1"),
 ])
 def test_bad_on_policy_settings_exit_2_with_one_line(pipelines, tmp_path, args, message):
     out = tmp_path / "bad"
@@ -257,3 +320,25 @@ def test_bad_on_policy_settings_exit_2_with_one_line(pipelines, tmp_path, args, 
     assert r.exit_code == 2, r.output
     assert message in r.output
     assert not out.exists() and not Path(str(out) + ".partial").exists()
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("vllm") is not None, reason="vllm is installed here")
+def test_vllm_generation_without_vllm_exits_2_naming_the_fix(pipelines, tmp_path):
+    out = tmp_path / "novllm"
+    r = runner.invoke(app, ["train", "--plan", str(pipelines["inst"]), "--teacher", str(pipelines["teacher"]), "--student",
+                            str(pipelines["student"]), "--out", str(out), "--seq-len", "48", "--set", "on_policy=1",
+                            "--set", "gen_max_new_tokens=8", "--set", "gen_engine=vllm"])
+    assert r.exit_code == 2, r.output
+    assert "gen_engine = 'vllm' needs the vllm package" in r.output and "--gen-engine hf" in r.output
+    assert not out.exists() and not Path(str(out) + ".partial").exists()
+
+
+def test_vllm_generation_is_refused_under_torchrun(pipelines, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "ddp"
+    r = runner.invoke(app, ["train", "--plan", str(pipelines["inst"]), "--teacher", str(pipelines["teacher"]), "--student",
+                            str(pipelines["student"]), "--out", str(out), "--seq-len", "48", "--set", "on_policy=1",
+                            "--set", "gen_max_new_tokens=8", "--set", "gen_engine=vllm"])
+    assert r.exit_code == 2, r.output
+    assert "gen_engine = 'vllm' runs in one process" in r.output
+    assert not out.exists()

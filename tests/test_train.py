@@ -327,15 +327,21 @@ def test_a_second_signal_stops_at_once_and_handlers_are_restored():
 
     from distillkit.training import stop
 
+    def wait(until, seconds=10.0):  # Python runs signal handlers between calls: poll, don't sleep once
+        end = time.monotonic() + seconds
+        while not until() and time.monotonic() < end:
+            time.sleep(0.01)
+
     said = []
     before = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt), stop.graceful_stop(say=said.append):
+        # os.kill: the signal may land on any thread (torch's among them), as a `kill` from outside does
         os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.05)
+        wait(lambda: stop.requested())
         assert stop.requested() == signal.SIGINT and said == ["SIGINT received: stopping after this step with a checkpoint "
                                                               "(send it again to stop at once)"]
         os.kill(os.getpid(), signal.SIGINT)  # the previous handler (Python's: KeyboardInterrupt) takes it
-        time.sleep(0.05)
+        wait(lambda: False)
     assert signal.getsignal(signal.SIGINT) is before and stop.requested() == 0
 
 

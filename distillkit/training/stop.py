@@ -10,7 +10,6 @@ agrees on it across ranks before it stops.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import threading
 from typing import Iterator
@@ -64,7 +63,7 @@ def graceful_stop(say=None) -> Iterator[None]:
         if _received:
             for s, h in previous.items():
                 signal.signal(s, h)
-            os.kill(os.getpid(), signum)
+            signal.raise_signal(signum)  # to this (the main) thread: the restored handler takes it at once
             return
         _received.append(signum)
         if say is not None:

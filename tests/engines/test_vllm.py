@@ -123,3 +123,48 @@ def test_generate_matches_hf_greedy(engine, hf_model, model_dir):
         expected.append(new[: new.index(eos)] if eos in new else new)
     assert any(len(e) < n_new for e in expected), "fixture should make some continuation end at EOS"
     assert engine.generate(prompts, n_new) == expected
+
+
+def test_sample_at_temperature_zero_is_greedy_with_the_eos_kept(engine, model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    prompts = [tok(t)["input_ids"] for t in ["the king said", *make_texts(7, seed=3, max_words=12)]]
+    eos = tok.eos_token_id
+    greedy = engine.generate(prompts, 16)
+    sampled = engine.sample(prompts, 16, seed=0, temperature=0.0)
+    assert [s[:-1] if s and s[-1] == eos else s for s in sampled] == greedy
+    assert any(s and s[-1] == eos for s in sampled)  # the fixture makes some answers stop at EOS
+
+
+def test_sampling_depends_on_the_seed_only(engine, model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    prompts = [tok(t)["input_ids"] for t in make_texts(6, seed=5, max_words=12)]
+    a = engine.sample(prompts, 12, seed=3, temperature=1.0)
+    assert engine.sample(prompts, 12, seed=3, temperature=1.0) == a
+    assert engine.sample(prompts[:2], 12, seed=3, temperature=1.0) == a[:2]  # not on what it is batched with
+    assert engine.sample(prompts, 12, seed=4, temperature=1.0) != a
+
+
+def test_load_weights_serves_the_pushed_weights(engine, hf_model, model_dir):
+    """What on-policy training does every `gen_refresh_every` steps: the engine then scores (and samples) with the
+    trainer's current weights, not the ones it loaded from disk."""
+    import copy
+
+    seq = sequences(model_dir)[2]
+    changed = copy.deepcopy(hf_model)
+    with torch.no_grad():
+        for p in changed.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    n = len(seq) - 1
+    before = engine.score([seq])[0].target_logprobs
+    try:
+        engine.load_weights(changed.named_parameters())
+        after = engine.score([seq])[0].target_logprobs
+        np.testing.assert_allclose(after, hf_logprobs(changed, seq)[np.arange(n), seq[1:]], atol=1e-4)
+        assert np.abs(after - before).max() > 1e-2
+    finally:
+        engine.load_weights(hf_model.named_parameters())  # the module's other tests use the original weights
+    np.testing.assert_allclose(engine.score([seq])[0].target_logprobs, before, atol=1e-5)
