@@ -322,27 +322,44 @@ def test_sigterm_checkpoints_after_the_step_and_resumes_bitwise(pipeline, tmp_pa
 
 
 def test_a_second_signal_stops_at_once_and_handlers_are_restored():
-    import os
-    import signal
+    """In a fresh process, as a `kill` from outside meets it: the first SIGINT is recorded and announced, the
+    handlers come back after the block, and a second SIGINT goes to the previous handler (KeyboardInterrupt).
+    (In pytest's own process the second signal was sometimes never seen within 10 s under load; a child
+    process has no such history.)"""
+    import subprocess
+    import sys
 
-    from distillkit.training import stop
+    child = """
+import os, signal, time
+from distillkit.training import stop
 
-    def wait(until, seconds=10.0):  # Python runs signal handlers between calls: poll, don't sleep once
-        end = time.monotonic() + seconds
-        while not until() and time.monotonic() < end:
-            time.sleep(0.01)
+def wait(until, seconds=20.0):
+    end = time.monotonic() + seconds
+    while not until() and time.monotonic() < end:
+        time.sleep(0.01)
 
-    said = []
-    before = signal.getsignal(signal.SIGINT)
-    with pytest.raises(KeyboardInterrupt), stop.graceful_stop(say=said.append):
-        # os.kill: the signal may land on any thread (torch's among them), as a `kill` from outside does
+said = []
+before = signal.getsignal(signal.SIGINT)
+with stop.graceful_stop(say=said.append):
+    pass
+print("restored", signal.getsignal(signal.SIGINT) is before and stop.requested() == 0, flush=True)
+try:
+    with stop.graceful_stop(say=said.append):
         os.kill(os.getpid(), signal.SIGINT)
         wait(lambda: stop.requested())
-        assert stop.requested() == signal.SIGINT and said == ["SIGINT received: stopping after this step with a checkpoint "
-                                                              "(send it again to stop at once)"]
-        os.kill(os.getpid(), signal.SIGINT)  # the previous handler (Python's: KeyboardInterrupt) takes it
+        print("first", stop.requested() == signal.SIGINT, said, flush=True)
+        os.kill(os.getpid(), signal.SIGINT)
         wait(lambda: False)
-    assert signal.getsignal(signal.SIGINT) is before and stop.requested() == 0
+    print("no interrupt", flush=True)
+except KeyboardInterrupt:
+    print("interrupted", signal.getsignal(signal.SIGINT) is before and stop.requested() == 0, flush=True)
+"""
+    r = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "restored True",
+        "first True ['SIGINT received: stopping after this step with a checkpoint (send it again to stop at once)']",
+        "interrupted True"]
 
 
 def test_signal_handlers_are_left_alone_outside_the_main_thread():
