@@ -40,12 +40,14 @@ def signal_name(signum: int) -> str:
 @contextlib.contextmanager
 def handling(handler) -> Iterator[bool]:
     """Within the block, SIGTERM and SIGINT go to `handler(signum, frame)`; the previous handlers come back when
-    it ends. Yields whether the handler was installed: `signal.signal` works only in the main thread, elsewhere the
+    it ends; a signal the process ignores (SIG_IGN) is left ignored. Yields whether the handler was installed: `signal.signal` works only in the main thread, elsewhere the
     block runs with the handlers it had."""
     if threading.current_thread() is not threading.main_thread():
         yield False
         return
-    previous = {s: signal.signal(s, handler) for s in _SIGNALS}
+    # A signal the process ignores stays ignored: a job started with `&` from a script or under nohup ignores
+    # SIGINT (the shell set it so), and must not start stopping on one.
+    previous = {s: signal.signal(s, handler) for s in _SIGNALS if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield True
     finally:
