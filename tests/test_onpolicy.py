@@ -349,7 +349,7 @@ def test_vllm_kv_cache_is_sized_to_one_generation_call(tmp_path):
     2 blocks of 128 each; twice over. fp32: 2 × 3 × 256 × 128 × 4 B; bf16 half of it."""
     import json
 
-    from distillkit.pipelines.train import kv_cache_bytes
+    from distillkit.engines.vllm import kv_cache_bytes  # no vllm import needed: reads config.json
 
     (tmp_path / "config.json").write_text(json.dumps(
         {"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 64}))

