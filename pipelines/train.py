@@ -504,7 +504,7 @@ def _answer_source(cfg: TrainConfig, inputs: Inputs, settings: Settings):
         return None
     import torch
 
-    from distillkit.engines.vllm import VllmEngine, kv_cache_bytes
+    from distillkit.engines.vllm import VllmEngine
     from distillkit.progress import console
     from distillkit.training.onpolicy import VllmAnswers
 
@@ -513,7 +513,6 @@ def _answer_source(cfg: TrainConfig, inputs: Inputs, settings: Settings):
                   f"{cfg.gen_refresh_every} step(s) old", highlight=False)
     # On a GPU the engine shares the device with training: a third of its memory for vLLM's weights and KV cache.
     engine = VllmEngine(inputs.student_dir, dtype=dtype, max_model_len=cfg.seq_len, max_top_k=1, gpu_memory_utilization=0.3,
-                        kv_cache_bytes=kv_cache_bytes(inputs.student_dir, dtype, cfg.batch_size, cfg.seq_len + 1),
                         max_num_seqs=cfg.batch_size)
     return VllmAnswers(engine, cfg.gen_refresh_every)
 

