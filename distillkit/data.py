@@ -21,7 +21,11 @@ Cleaning, splits, order. Records with a null or blank text (or response) are dro
 records repeating an earlier one's content (read order, whole data set); both are counted. In each
 domain, records are ranked by sha256(f"{seed}:{sample_id}"): `max_per_domain` keeps the first ones,
 and the first min(val_size, ceil(val_fraction * n)) of those (at least 1, at most n - 1, when n >= 2)
-are the "validation" split. Rows come out sorted by (domain, sample_id), whatever the read order.
+are the "validation" split -- the *test* slice, which only reports read (the name is kept so that older
+artifacts read the same). The next min(dev_size, n - n_validation - 1) records (at least one record stays
+for training) are the "dev" split, which every decision made during a run reads (DDK's re-measurement, the
+early check); the rest are "train". dev_size = 0 (the default) gives the two-way split of older versions, row
+for row. Rows come out sorted by (domain, sample_id), whatever the read order.
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ from distillkit.data_options import DataOptions, DataSpec, Format  # noqa: F401 
 DATA_EXTS = (".jsonl", ".json", ".parquet", ".arrow", ".feather", ".ipc", ".csv")
 TEXT_EXTS = (".txt", ".md")
 COLUMNS = ("sample_id", "domain", "split", "text", "prompt", "response")
+TEST = "validation"  # the held-out slice reports read (named "validation" since the first schema)
+DEV = "dev"  # the held-out slice in-run decisions read
+TRAIN = "train"
 SCHEMA = pa.schema([(c, pa.string()) for c in COLUMNS])
 _SEP = "\x1f"  # joins prompt and response (and fingerprint fields): a control char real text lacks
 
@@ -63,12 +70,18 @@ class Dataset:
     dropped_empty: int = 0  # records with a null or blank text (response, for instruction data)
     dropped_duplicates: int = 0  # records whose content repeats an earlier record's
 
-    def heldout(self, domain: str, limit: int | None = None) -> pa.Table:
-        """`domain`'s validation rows in the table's order (by sample_id), the first `limit` of them: the held-out
-        documents train measures on (its before/after report, DDK's re-measurement) and scripts compare models on."""
+    def heldout(self, domain: str, limit: int | None = None, split: str = TEST) -> pa.Table:
+        """`domain`'s rows of `split` (the test slice by default) in the table's order (by sample_id), the first
+        `limit` of them: test is what train's before/after report and eval read, dev what DDK's re-measurement
+        and the early check read."""
         t = self.table
-        rows = t.filter(pc.and_(pc.equal(t.column("split"), "validation"), pc.equal(t.column("domain"), domain)))
+        rows = t.filter(pc.and_(pc.equal(t.column("split"), split), pc.equal(t.column("domain"), domain)))
         return rows if limit is None else rows.slice(0, limit)
+
+    @property
+    def has_dev(self) -> bool:
+        """Whether any domain has dev rows (score --dev-size)."""
+        return bool(pc.any(pc.equal(self.table.column("split"), DEV)).as_py())
 
     @property
     def heldout_domains(self) -> list[str]:
@@ -115,9 +128,10 @@ def load_data(spec: DataSpec) -> Dataset:
     sample_id = pc.coalesce(t["id"], pc.utf8_slice_codeunits(digest_hex, 0, 16))
     _check_unique_ids(sample_id, spec)
     keys = _sha256(pc.binary_join_element_wise(f"{spec.seed}:", sample_id, ""))
-    keep, val = _subsample_and_split(t["domain"], keys, spec)
+    keep, val, dev = _subsample_and_split(t["domain"], keys, spec)
     t = t.drop_columns(["id"]).append_column("sample_id", sample_id).append_column("_digest", digest_hex)
-    t = t.append_column("split", pc.if_else(pa.array(val), "validation", "train"))
+    split = np.where(val, TEST, np.where(dev, DEV, TRAIN)).astype(object)
+    t = t.append_column("split", pa.array(split, pa.string()))
     t = t if keep.all() else t.filter(pa.array(keep))
     # Arrow's take (in sort_by) is ~10x faster on one chunk; over 2 GiB of strings cannot be one chunk.
     t = (t.combine_chunks() if t.nbytes < 1 << 31 else t).sort_by([("domain", "ascending"), ("sample_id", "ascending")])
@@ -254,8 +268,8 @@ def _hex(raw: np.ndarray) -> pa.Array:
     return pa.array(hexed, pa.binary()).cast(pa.string())
 
 
-def _subsample_and_split(domain: pa.ChunkedArray, key: np.ndarray, spec: DataSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Rank each domain's rows by `key` (sha256 bytes); return (kept, validation) masks in row order."""
+def _subsample_and_split(domain: pa.ChunkedArray, key: np.ndarray, spec: DataSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rank each domain's rows by `key` (sha256 bytes); return (kept, validation, dev) masks in row order."""
     codes = pc.dictionary_encode(domain.combine_chunks()).indices.to_numpy(zero_copy_only=False)
     k = key[:, :16].copy().view(">u8")  # big-endian words of the first 128 bits order like the hex digest
     order = np.lexsort((k[:, 1], k[:, 0], codes))
@@ -266,7 +280,9 @@ def _subsample_and_split(domain: pa.ChunkedArray, key: np.ndarray, spec: DataSpe
     # round() first: 0.1 * 30 must give 3 validation records, never ceil(3.0000000000000004) = 4.
     n_val = np.minimum(spec.val_size, np.ceil(np.round(spec.val_fraction * size, 6))).astype(np.int64)
     n_val = np.where(size >= 2, np.clip(n_val, 1 if spec.val_size and spec.val_fraction else 0, size - 1), 0)
-    return rank < size[codes], rank < n_val[codes]
+    n_dev = np.clip(np.minimum(spec.dev_size, size - n_val - 1), 0, None)
+    val = rank < n_val[codes]
+    return rank < size[codes], val, ~val & (rank < (n_val + n_dev)[codes])
 
 
 def _fingerprint(t: pa.Table, fmt: Format) -> str:
@@ -459,18 +475,36 @@ class Samples:
         return len(self.ids)
 
 
-def tokenize(rows: pa.Table, fmt: str, tok, max_length: int) -> Samples:
+def uses_chat_template(chat_template: str, tok, fmt: str) -> bool:
+    """Whether prompts are wrapped in the tokenizer's chat template: prompt/response data, chat_template = "auto"
+    and a tokenizer that has one."""
+    return fmt == "instruction" and chat_template == "auto" and bool(getattr(tok, "chat_template", None))
+
+
+def prompt_token_ids(prompts: list[str], tok, chat: bool) -> list[list[int]]:
+    """Each prompt's token ids: as the data gives it, or (`chat`) as one user turn of the tokenizer's chat
+    template followed by the assistant header (what the model sees before it answers)."""
+    if not chat:
+        return tok(prompts)["input_ids"]
+    texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+             for p in prompts]
+    return tok(texts, add_special_tokens=False)["input_ids"]
+
+
+def tokenize(rows: pa.Table, fmt: str, tok, max_length: int, chat: bool = False) -> Samples:
     """Token ids of each row, at most `max_length`: text rows are scored from their second token;
     prompt/response rows keep at most half of `max_length` for the prompt (its end) and score only the
-    response and EOS. Rows left with no target token are dropped (counted in `dropped`)."""
+    response and EOS. With `chat` (`uses_chat_template`) the prompt is a user turn of the chat template and
+    the response, its leading whitespace stripped, the assistant's answer. Rows left with no target token are
+    dropped (counted in `dropped`)."""
     sid, dom, spl = (rows.column(c).to_pylist() for c in ("sample_id", "domain", "split"))
     keep: list[int] = []
     ids: list[list[int]] = []
     starts: list[int] = []
     if fmt == "instruction":
-        prompts = tok(rows.column("prompt").to_pylist())["input_ids"]
+        prompts = prompt_token_ids(rows.column("prompt").to_pylist(), tok, chat)
         resp_text = rows.column("response").to_pylist()
-        resps = tok(resp_text, add_special_tokens=False)["input_ids"]
+        resps = tok([r.lstrip() for r in resp_text] if chat else resp_text, add_special_tokens=False)["input_ids"]
         eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
         for i, (p, r) in enumerate(zip(prompts, resps)):
             p = p[-(max_length // 2) :] if len(p) > max_length // 2 else p  # keep room for the answer

@@ -30,6 +30,12 @@ class DataOptions:
     val_size: int = opt(500, "Held-out documents per domain (at most val_fraction of the domain); eval needs score's value to "
                              "measure on score's held-out slice.", panel="data")
     val_fraction: float = opt(0.1, "Largest fraction of a domain held out for validation.", panel="data")
+    dev_size: int = opt(0, "Dev documents per domain, drawn after the held-out (test) slice from what would be training rows: "
+                           "every decision made during a run (DDK re-weighting, the early check) reads dev, reports read the "
+                           "held-out test slice (0: no dev split; DDK then refuses).", panel="data")
+    chat_template: Literal["auto", "off"] = opt("auto", "Prompt/response data: wrap each prompt in the tokenizer's chat template "
+                                                "(a user turn + the assistant header) when it has one; the response ends "
+                                                "with EOS either way. off: the prompt as the data gives it.", panel="data")
     max_per_domain: int | None = opt(None, "Use at most this many documents per domain, before the held-out split "
                                            "(deterministic subsample).", panel="data")
     seed: int = opt(0, "Seed of the held-out split and the per-domain subsample (eval: also of lm-eval's sampling).", panel="data")
@@ -38,7 +44,9 @@ class DataOptions:
     def from_config(cls, config: Mapping[str, Any]) -> DataOptions:
         """The data options recorded in a stage's config dict (a score manifest's ``config``): exactly this
         group's keys; a key an older artifact lacks takes the default it was made with."""
-        return pick(cls, config)
+        # Artifacts made before these keys existed had no dev split and no chat template.
+        legacy = {"dev_size": 0, "chat_template": "off"}
+        return pick(cls, {**{k: v for k, v in legacy.items() if k not in config}, **config})
 
     def spec(self, path: str) -> DataSpec:
         """What `load_data` reads: these options applied to the data at `path`."""
@@ -48,6 +56,8 @@ class DataOptions:
         problems = [f"val_size must be >= 0, got {self.val_size}"] if self.val_size < 0 else []
         if not 0.0 < self.val_fraction < 1.0:
             problems.append(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.dev_size < 0:
+            problems.append(f"dev_size must be >= 0, got {self.dev_size}")
         if self.max_per_domain is not None and self.max_per_domain < 1:
             problems.append(f"max_per_domain must be >= 1 or unset, got {self.max_per_domain}")
         return problems

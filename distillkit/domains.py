@@ -17,7 +17,8 @@ from distillkit.schemas import DOMAIN_TABLE_COLUMNS
 
 
 def domain_table(samples: pa.Table) -> pa.Table:
-    """Token-weighted per-domain perplexities on the held-out slice (training rows if a domain has none).
+    """Token-weighted per-domain perplexities on the dev slice (decisions read it: plan's DDK weights, train's lr
+    rule), else the held-out test slice of scores made without dev, else (no held-out rows) the training rows.
 
     `samples` needs sample_id, domain, split, num_tokens, teacher_nll and student_nll (mean nats per
     target token); the result has `schemas.DOMAIN_TABLE_COLUMNS`, one row per domain, sorted.
@@ -26,9 +27,11 @@ def domain_table(samples: pa.Table) -> pa.Table:
     domains = sorted(set(samples.column("domain").to_pylist()))
     for d in domains:
         in_d = samples.filter(pc.equal(samples.column("domain"), d))
-        val = in_d.filter(pc.equal(in_d.column("split"), "validation"))
+        val = in_d.filter(pc.not_equal(in_d.column("split"), "train"))  # test and dev rows
+        dev = in_d.filter(pc.equal(in_d.column("split"), "dev"))
         heldout = val.num_rows > 0
-        use = val if heldout else in_d
+        # DDK's starting weights and the lr rule decide from this table: the dev rows where there are any.
+        use = dev if dev.num_rows else val if heldout else in_d
         n = use.column("num_tokens").to_numpy().astype(np.float64)
         t = float(np.sum(use.column("teacher_nll").to_numpy() * n) / n.sum())
         s = float(np.sum(use.column("student_nll").to_numpy() * n) / n.sum())

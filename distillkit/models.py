@@ -413,6 +413,29 @@ def model_info(spec: str | os.PathLike) -> dict[str, Any]:
 _SAMPLE = 1 << 20  # bytes read at each of three places of every weight file
 
 
+def corrected_teacher(model_dir: str | Path) -> dict[str, Any] | None:
+    """Where a teacher came from when it is the ``student/`` of a `distillkit train` artifact: its path, manifest
+    sha256, objective ("sft": a teacher corrected by plain fine-tuning, teacher_mode = none), the model it was
+    trained from and the scores whose training split it saw. None for any other model directory."""
+    d = Path(model_dir)
+    manifest = d.parent / "manifest.json"
+    if d.name != "student" or not manifest.is_file():
+        return None
+    try:
+        raw = manifest.read_bytes()
+        m = json.loads(raw)
+    except (OSError, ValueError):
+        return None
+    if m.get("kind") != "train":
+        return None
+    train = m.get("train", {})
+    cfg = m.get("config", {})
+    objective = train.get("objective") or ("sft" if train.get("loss", {}).get("teacher_mode") == "none" else "distill")
+    return {"artifact": str(d.parent), "manifest_sha256": hashlib.sha256(raw).hexdigest(), "objective": objective,
+            "corrected": objective == "sft", "trained_from": cfg.get("student"), "scores": train.get("scores"),
+            "steps": m.get("figures", {}).get("steps")}
+
+
 def model_fingerprint(model_dir: str | Path) -> str:
     """Identity of a model directory, cheap enough for every run.
 

@@ -30,14 +30,17 @@ PARTS_DIR = "responses-parts"
 RESPONSE_COLUMNS = {"sample_id": pa.string(), "response": pa.string(), "response_tokens": pa.int32()}
 
 
-def prompt_ids(prompts: list[str], tok, max_length: int) -> list[list[int]]:
+def prompt_ids(prompts: list[str], tok, max_length: int, chat: bool = False) -> list[list[int]]:
     """Each prompt's token ids as `distillkit.data.tokenize` cuts them (its last ``max_length // 2`` tokens)."""
+    from distillkit.data import prompt_token_ids
+
     half = max_length // 2
-    return [p[-half:] if len(p) > half else p for p in tok(prompts)["input_ids"]]
+    return [p[-half:] if len(p) > half else p for p in prompt_token_ids(prompts, tok, chat)]
 
 
 def teacher_responses(rows: pa.Table, tok, writer: ArtifactWriter, *, teacher_dir: str, engine: str, dtype: str,
-                      max_length: int, batch_tokens: int, max_new_tokens: int, chunk_size: int) -> tuple[pa.Table, dict[str, Any]]:
+                      max_length: int, batch_tokens: int, max_new_tokens: int, chunk_size: int,
+                      chat: bool = False) -> tuple[pa.Table, dict[str, Any]]:
     """The teacher's greedy answers to the prompts of the training rows of `rows` (prompt/response data),
     written part by part into `writer` (parts already there are kept); returns (sample_id, response,
     response_tokens) in row order and throughput figures."""
@@ -46,13 +49,13 @@ def teacher_responses(rows: pa.Table, tok, writer: ArtifactWriter, *, teacher_di
     from distillkit.engines import make_engine
     from distillkit.progress import progress_bar
 
-    train = rows.filter(pc.not_equal(rows.column("split"), "validation"))
+    train = rows.filter(pc.equal(rows.column("split"), "train"))  # dev and test rows keep their references
     ids = train.column("sample_id").to_pylist()
     chunks = [range(b, min(len(ids), b + chunk_size)) for b in range(0, len(ids), chunk_size)]
     todo = [(c, r) for c, r in enumerate(chunks) if not writer.has(_part(c))]
     figures: dict[str, Any] = {"responses": len(ids), "response_chunks_resumed": len(chunks) - len(todo)}
     if todo:
-        prompts = prompt_ids(train.column("prompt").to_pylist(), tok, max_length)
+        prompts = prompt_ids(train.column("prompt").to_pylist(), tok, max_length, chat)
         model = make_engine(engine, teacher_dir, dtype, max_length, batch_tokens, 1, vocab_size=len(tok))
         t0, new_tokens = time.perf_counter(), 0
         with progress_bar("teacher answers", total=sum(len(r) for _, r in todo), unit="answer") as bar:

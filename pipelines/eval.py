@@ -268,16 +268,17 @@ def _cache() -> Path:
 
 def _prepare_data(cfg: EvalConfig, ents: list[ModelEntry]) -> HeldoutData:
     """Load the data, keep the held-out slice, tokenize once with the (shared) tokenizer."""
-    from distillkit.data import load_data, tokenize
+    from distillkit.data import load_data, tokenize, uses_chat_template
     from distillkit.evaluation.perplexity import heldout_rows
     from distillkit.models import check_same_tokenizer, load_tokenizer
 
-    ds = load_data(_data_spec(cfg))
+    spec = _data_spec(cfg)
+    ds = load_data(spec)
     tok = load_tokenizer(ents[0].path)
     for e in ents[1:]:  # per-token perplexities only compare under one tokenizer
         check_same_tokenizer(tok, load_tokenizer(e.path), ents[0].label, e.label)
     rows = heldout_rows(ds.table, cfg.limit)
-    samples = tokenize(rows, ds.format, tok, cfg.max_length)
+    samples = tokenize(rows, ds.format, tok, cfg.max_length, uses_chat_template(spec.chat_template, tok, ds.format))
     if len(samples) == 0:
         from distillkit.errors import DataError
 

@@ -116,7 +116,7 @@ def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> S
     from distillkit import scoring
     from distillkit.artifacts import ArtifactWriter
     from distillkit.assets import resolve_data
-    from distillkit.data import load_data, shard_rows, tokenize
+    from distillkit.data import load_data, shard_rows, tokenize, uses_chat_template
     from distillkit.models import check_same_tokenizer, load_tokenizer, model_fingerprint, resolve_model
 
     t0 = time.time()
@@ -139,6 +139,9 @@ def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> S
     if cfg.responses == "data":  # artifacts made before sequence-level KD keep their identity
         for key in _RESPONSE_KEYS:
             ident.pop(key)
+    for key, off in (("dev_size", 0), ("chat_template", "off")):  # artifacts made before these keys keep their identity
+        if ident.get(key) == off or (key == "chat_template" and ds.format == "text"):
+            ident.pop(key, None)
     ident["data_fingerprint"] = ds.fingerprint
     ident["teacher_fingerprint"] = model_fingerprint(teacher_dir)
     ident["student_fingerprint"] = model_fingerprint(student_dir)
@@ -151,14 +154,15 @@ def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> S
     if use_rouge and ds.format != "instruction":
         raise ConfigError("rouge = 'on' needs prompt/response data; this data set is plain text (set rouge = 'off')")
     answers = None
+    chat = uses_chat_template(cfg.data_opts.chat_template, tok, ds.format)
     if cfg.responses == "teacher":  # sequence-level KD: the teacher's answers become the training responses
         from distillkit import seqkd
 
         answers, gen_figures = seqkd.teacher_responses(
             rows, tok, writer, teacher_dir=str(teacher_dir), engine=cfg.engine, dtype=cfg.dtype, max_length=cfg.max_length,
-            batch_tokens=cfg.batch_tokens, max_new_tokens=cfg.response_max_new_tokens, chunk_size=cfg.chunk_size)
+            batch_tokens=cfg.batch_tokens, max_new_tokens=cfg.response_max_new_tokens, chunk_size=cfg.chunk_size, chat=chat)
         rows = seqkd.apply_responses(rows, answers)
-    samples = tokenize(rows, ds.format, tok, cfg.max_length)
+    samples = tokenize(rows, ds.format, tok, cfg.max_length, chat)
     figures = scoring.score_chunks(
         samples,
         writer,

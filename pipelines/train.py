@@ -76,6 +76,8 @@ def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Stag
         with graceful_stop(say=_say if dist.is_main else None):
             if resume_from is None and cfg.eval_heldout:
                 state.before = heldout_report(parts, settings, state, inputs.with_kl)
+                if settings.early_check and inputs.dev_rows is not inputs.heldout_rows:  # the early check reads dev
+                    state.before["dev"] = heldout_report(parts, settings, state, inputs.with_kl, split="dev")
             train(parts, settings, state, resume_from)
         finish(cfg, inputs, parts, settings, state, writer, wall_s=time.time() - t0)
         D.barrier(dist)
@@ -143,6 +145,9 @@ def prepare(cfg: TrainConfig, dist: DistInfo) -> Inputs:
     )
     from distillkit.records import PlanRecord
     from distillkit.schemas import TRAIN_CURRICULUM_COLUMNS, TRAIN_MIXTURE_COLUMNS
+    from distillkit.data import DEV, TEST, uses_chat_template
+    from distillkit.data_options import DataOptions
+    from distillkit.models import corrected_teacher
     from distillkit.seqkd import scored_dataset
     from distillkit.training.batches import TopKStore, tokenize_rows
     from distillkit.training.setup import Inputs
@@ -184,9 +189,12 @@ def prepare(cfg: TrainConfig, dist: DistInfo) -> Inputs:
                           "ratio factor: add --ddk-factor log-ratio or drop --ddk-tau")
 
     # Models: a tokenizer or vocabulary mismatch is refused here, before any training.
-    teacher_dir, student_dir = resolve_model(cfg.teacher, role="teacher"), resolve_model(cfg.student, role="student")
+    no_teacher = cfg.teacher_mode == "none"  # CE only: an SFT baseline or teacher correction
+    student_dir = resolve_model(cfg.student, role="student")
+    teacher_dir = student_dir if no_teacher else resolve_model(cfg.teacher, role="teacher")
     tok = load_tokenizer(str(teacher_dir))
-    check_same_tokenizer(tok, load_tokenizer(str(student_dir)), cfg.teacher, cfg.student)
+    if not no_teacher:
+        check_same_tokenizer(tok, load_tokenizer(str(student_dir)), cfg.teacher, cfg.student)
     student = load_model(student_dir, dtype="float32", device=dist.device, trainable=True, role="student")
     teacher = (load_model(teacher_dir, dtype=cfg.teacher_dtype, device=dist.device, role="teacher")
                if cfg.teacher_mode == "online" else None)
@@ -210,27 +218,49 @@ def prepare(cfg: TrainConfig, dist: DistInfo) -> Inputs:
     if missing:
         raise DataError(f"{len(missing)} planned samples are not in the data (e.g. {missing[0]!r}); the data changed: rescore and replan")
     train_rows = ds.table.take(pa.array([index[s] for s in cur_ids], pa.int64()))
-    held_parts, heldout_rows, source, n = [], [], [], len(cur_ids)
-    for i, d in enumerate(domains):
-        val = ds.heldout(d, cfg.heldout_docs)
-        if val.num_rows:
-            heldout_rows.append(list(range(n, n + val.num_rows)))
-            held_parts.append(val)
-            n += val.num_rows
-            source.append("validation")
-        else:  # as the score stage does: a domain without held-out documents is measured on its training rows
-            rows = np.flatnonzero(codes == i)[: cfg.heldout_docs or None]
-            heldout_rows.append(rows.tolist())
-            source.append("train")
+    # Test rows (the before/after report) and dev rows (DDK's re-measurement, the early check): every decision made
+    # during the run reads dev, so the test documents cannot change what is trained.
+    held_parts, n = [], len(cur_ids)
+    split_rows: dict[str, list[list[int]]] = {TEST: [], DEV: []}
+    source = []
+    for split in (TEST, DEV):
+        for i, d in enumerate(domains):
+            val = ds.heldout(d, cfg.heldout_docs, split=split)
+            if val.num_rows:
+                split_rows[split].append(list(range(n, n + val.num_rows)))
+                held_parts.append(val)
+                n += val.num_rows
+                if split == TEST:
+                    source.append("validation")
+            elif split == TEST:  # as the score stage does: a domain without held-out documents is measured on its training rows
+                split_rows[split].append(np.flatnonzero(codes == i)[: cfg.heldout_docs or None].tolist())
+                source.append("train")
+            else:
+                split_rows[split].append([])
+    heldout_rows, dev_rows = split_rows[TEST], split_rows[DEV]
+    if not ds.has_dev:
+        dev_rows = heldout_rows
+        if dist.is_main and (cfg.mixture == "ddk" or (cfg.early_check and cfg.eval_heldout)):
+            from distillkit.progress import console
+
+            console.print(f"[yellow]note[/]: {scores.path} has no dev split, so DDK's re-measurement and the early check read "
+                          "the test slice the report reads; rescore with --dev-size N to keep decisions off the reported documents",
+                          highlight=False)
+    elif any(not r for r in dev_rows) and cfg.mixture == "ddk":
+        raise DataError(f"domains {[d for d, r in zip(domains, dev_rows) if not r]} have no dev documents for DDK's "
+                        "re-measurement: rescore with a larger --dev-size (or more data per domain), or use --mixture static")
     rows = pa.concat_tables([train_rows, *held_parts]) if held_parts else train_rows
-    seqs = tokenize_rows(rows, ds.format, tok, int(sc.get("max_length", cfg.seq_len)), cfg.seq_len)
+    chat = uses_chat_template(DataOptions.from_config(sc).chat_template, tok, ds.format)
+    seqs = tokenize_rows(rows, ds.format, tok, int(sc.get("max_length", cfg.seq_len)), cfg.seq_len, chat)
     topk = TopKStore(scores.path, seqs, int(sc.get("max_length", cfg.seq_len))) if cfg.teacher_mode == "offline" else None
     if topk is not None and topk.max_id >= vocab:
         raise DataError(f"the stored top-k holds token id {topk.max_id}, outside the {vocab}-token vocabulary: the scores "
                         "were made with another tokenizer")
-    identity = {"plan_manifest_sha256": plan.sha256, "teacher_fingerprint": model_fingerprint(teacher_dir),
+    identity = {"plan_manifest_sha256": plan.sha256, "teacher_fingerprint": None if no_teacher else model_fingerprint(teacher_dir),
                 "student_fingerprint": model_fingerprint(student_dir)}
-    if dist.is_main and sc.get("teacher_fingerprint") not in (None, identity["teacher_fingerprint"]):
+    if no_teacher:
+        identity.pop("teacher_fingerprint")
+    if dist.is_main and not no_teacher and sc.get("teacher_fingerprint") not in (None, identity["teacher_fingerprint"]):
         from distillkit.progress import console
 
         console.print(f"[yellow]note[/]: --teacher {cfg.teacher} is not the teacher the scores were computed with; "
@@ -239,6 +269,8 @@ def prepare(cfg: TrainConfig, dist: DistInfo) -> Inputs:
                   seqs=seqs, domain_codes=codes, stages=cur.column("stage").to_numpy().astype(np.int64),
                   domains=domains, plan_weights=mix.column("weight").to_numpy(), teacher_ppl=mix.column("teacher_ppl").to_numpy(),
                   student_ppl=mix.column("student_ppl").to_numpy(), heldout_rows=heldout_rows, heldout_source=source, topk=topk,
+                  dev_rows=dev_rows, test_teacher_ppl=_test_teacher_ppl(scores, domains, mix.column("teacher_ppl").to_numpy()),
+                  teacher_provenance=None if no_teacher else corrected_teacher(teacher_dir),
                   pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0, identity=identity, data_format=ds.format,
                   student_dir=str(student_dir))
 
@@ -343,7 +375,7 @@ def make_components(cfg: TrainConfig, inputs: Inputs, settings: Settings, dist: 
     model = D.wrap(StudentLoss(inputs.student, spec), dist, cfg.strategy)
     teacher, eval_teacher = teacher_sources(inputs.teacher, cfg.loss_impl)
     return Components(model=model, teacher=teacher, eval_teacher=eval_teacher,
-                      corpus=Corpus(inputs.seqs, inputs.pad_id, inputs.topk, inputs.heldout_rows), stages=stages, lr=lr,
+                      corpus=Corpus(inputs.seqs, inputs.pad_id, inputs.topk, inputs.heldout_rows, inputs.dev_rows), stages=stages, lr=lr,
                       loss=spec, make_optimizer=lambda: adamw(model, lr(0), settings.weight_decay), dist=dist,
                       answers=_answer_source(cfg, inputs, settings))
 
@@ -431,7 +463,7 @@ def finish(cfg: TrainConfig, inputs: Inputs, parts: Components, settings: Settin
     before = state.before
     if before is not None and after is not None:
         cols = {"domain": pa.array(inputs.domains, pa.string()), "measured_on": pa.array(inputs.heldout_source, pa.string()),
-                "tokens": pa.array(after["tokens"], pa.int64()), "teacher_ppl": pa.array(inputs.teacher_ppl, pa.float64()),
+                "tokens": pa.array(after["tokens"], pa.int64()), "teacher_ppl": pa.array(inputs.test_teacher_ppl, pa.float64()),
                 "student_ppl_before": pa.array(before["student_ppl"], pa.float64()),
                 "student_ppl_after": pa.array(after["student_ppl"], pa.float64())}
         if after["kl"] is not None and before["kl"] is not None:
@@ -465,6 +497,8 @@ def finish(cfg: TrainConfig, inputs: Inputs, parts: Components, settings: Settin
                        "mixture": {"mode": mixer.mode, "interval": mixer.interval, "alpha": mixer.alpha, "smoothing": mixer.smoothing},
                        "loss": {"kind": cfg.loss, "form": cfg.loss_form, "impl": cfg.loss_impl, "params": parts.loss.params,
                                 "teacher_mode": cfg.teacher_mode, "vocab_size": inputs.vocab_size},
+                       "objective": "sft" if cfg.teacher_mode == "none" else "distill",
+                       "teacher": inputs.teacher_provenance,
                        "plan": str(inputs.plan.path), "scores": str(inputs.scores.path),
                        "lr": {"peak": parts.lr.base_lr, "why": lr_choice(cfg.lr, inputs.student_ppl, inputs.teacher_ppl)[1]}}}
     if settings.on_policy is not None:
@@ -477,6 +511,25 @@ def finish(cfg: TrainConfig, inputs: Inputs, parts: Components, settings: Settin
                                             "refresh_s": round(parts.answers.refresh_s, 3)}
     writer.finish(figures, extra=extra)
     console.print(f"[green]wrote[/] {cfg.out}")
+
+
+def _test_teacher_ppl(scores, domains: list[str], fallback):
+    """Per domain, the scored teacher's perplexity on the test slice (what the before/after report compares
+    with); the score's domain table (dev-based when the scores have a dev split) where a domain has no test rows."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from distillkit.data import TEST
+
+    s = scores.table("samples.arrow").select(["domain", "split", "num_tokens", "teacher_nll"])
+    s = s.filter(pc.equal(s.column("split"), TEST))
+    out = np.asarray(fallback, dtype=np.float64).copy()
+    for i, d in enumerate(domains):
+        r = s.filter(pc.equal(s.column("domain"), d))
+        if r.num_rows:
+            n = r.column("num_tokens").to_numpy().astype(np.float64)
+            out[i] = float(np.exp(np.sum(r.column("teacher_nll").to_numpy() * n) / n.sum()))
+    return out
 
 
 def _stage_dict(s) -> dict:

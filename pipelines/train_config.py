@@ -27,7 +27,7 @@ class TrainConfig:
     akl_mu: float = opt(0.5, "Head mass μ of akl (adaptive KL).", panel="loss")
     taid_t_start: float = opt(0.4, "TAID: initial interpolation t.", panel="loss")
     taid_t_end: float = opt(1.0, "TAID: final interpolation t.", panel="loss")
-    teacher_mode: Literal["online", "offline"] = opt("online", "online: teacher forward each step; offline: the score stage's stored top-k log-probs (score --top-k).", panel="loss")
+    teacher_mode: Literal["online", "offline", "none"] = opt("online", "online: teacher forward each step; offline: the score stage's stored top-k log-probs (score --top-k); none: no teacher, plain cross-entropy on the data (an SFT baseline, or teacher correction: fine-tune the teacher itself on the distillation data, then pass its student/ directory as --teacher).", panel="loss")
     sparse_tail: Literal["bucket", "renorm"] = opt("bucket", "Offline top-k: keep the teacher's tail mass as one bucket, or renormalise over the top-k.", panel="loss")
     loss_impl: Literal["chunked", "plain"] = opt("chunked", "chunked: LM head fused with the loss, chunk_size positions of logits at a time; plain: full logits (for comparison).", panel="loss")
     chunk_size: int = opt(1024, "Positions per loss chunk (chunked path).", panel="loss")
@@ -72,7 +72,10 @@ class TrainConfig:
     record_batches: bool = opt(True, "Record which samples each step drew (batches.arrow).", panel="output")
 
     def validate(self) -> list[str]:
-        problems = [f"{n} is required (--{n})" for n in ("plan", "teacher", "student", "out") if not getattr(self, n)]
+        needed = ("plan", "student", "out") if self.teacher_mode == "none" else ("plan", "teacher", "student", "out")
+        problems = [f"{n} is required (--{n})" for n in needed if not getattr(self, n)]
+        if self.teacher_mode == "none" and self.on_policy > 0:
+            problems.append("on_policy > 0 needs a teacher to score the student's answers: use --teacher-mode online")
         positive = ("batch_size", "grad_accum", "seq_len", "chunk_size", "eval_batch_size", "keep_checkpoints", "log_every")
         problems += [f"{n} must be >= 1, got {getattr(self, n)}" for n in positive if getattr(self, n) < 1]
         if self.seq_len < 2:
@@ -130,7 +133,7 @@ class TrainConfig:
         elif self.prefix_tokens is not None and self.prefix_tokens + self.gen_max_new_tokens > self.seq_len:
             problems.append(f"prefix_tokens + gen_max_new_tokens ({self.prefix_tokens} + {self.gen_max_new_tokens}) must fit "
                             f"seq_len ({self.seq_len}): lower one of them or raise --seq-len")
-        if self.teacher_mode == "offline":
+        if self.teacher_mode != "online":
             problems.append("on_policy > 0 needs teacher_mode = 'online': stored top-k cannot score the student's own "
                             "samples; use --teacher-mode online or on_policy = 0")
         if self.gen_engine == "vllm" and int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -82,10 +82,10 @@ def objective(spec: LossSpec, student: LinearHead, labels: Tensor, teacher: Teac
     ``params`` adds per-step divergence parameters (TAID's t) to ``spec.params``; ``ce_weight``
     replaces w_ce (0 for on-policy batches: the divergence alone).
     """
-    if teacher is None:
-        raise ValueError("objective needs a teacher: a LinearHead or logits (online) or a TopKTeacher (offline)")
     s, vocab = spec, spec.vocab_size
     mask = labels != IGNORE_INDEX
+    if teacher is None:  # no teacher (train --teacher-mode none): cross-entropy alone, kd reported as 0
+        return _ce_only(s, student, labels, mask)
     params, weights = {**s.params, **(params or {})}, s.weights(kd_weight)
     if ce_weight is not None:
         weights = (weights[0], ce_weight)
@@ -123,6 +123,21 @@ def objective(spec: LossSpec, student: LinearHead, labels: Tensor, teacher: Teac
     # cross_entropy over no target at all is NaN; a zero that stays on the graph keeps backward uniform
     ce = F.cross_entropy(flat, labels.reshape(-1), ignore_index=IGNORE_INDEX) if bool(mask.any()) else flat.sum() * 0.0
     return weights[0] * kd + weights[1] * ce, kd, ce
+
+
+def _ce_only(s: LossSpec, student: LinearHead, labels: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(ce, 0, ce) without a teacher: the chunked path never holds more than chunk_size positions of logits."""
+    hidden, weight, bias, vocab = student.hidden, student.weight, student.bias, s.vocab_size
+    if s.impl == "chunked":
+        def no_rows(z: Tensor, pos: Tensor) -> Tensor:
+            return z.new_zeros(z.shape[0])
+
+        flat = mask.reshape(-1)
+        return fused_head_objective(hidden.reshape(-1, hidden.shape[-1]), weight, bias, torch.zeros_like(flat), no_rows,
+                                    weights=(0.0, 1.0), vocab_size=vocab, chunk_size=s.chunk_size, labels=labels.reshape(-1))
+    logits = F.linear(hidden, weight, bias)[..., :vocab].reshape(-1, vocab).float()
+    ce = F.cross_entropy(logits, labels.reshape(-1), ignore_index=IGNORE_INDEX) if bool(mask.any()) else logits.sum() * 0.0
+    return ce, ce.detach() * 0.0, ce
 
 
 def heldout_sums(spec: LossSpec, student: LinearHead, labels: Tensor,

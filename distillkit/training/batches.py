@@ -73,11 +73,11 @@ class Sequences:
         return len(self.ids)
 
 
-def tokenize_rows(rows: pa.Table, fmt: str, tok, max_length: int, seq_len: int) -> Sequences:
-    """Tokenize like the score stage (same `max_length`), then keep the first `seq_len` tokens."""
+def tokenize_rows(rows: pa.Table, fmt: str, tok, max_length: int, seq_len: int, chat: bool = False) -> Sequences:
+    """Tokenize like the score stage (same `max_length` and chat template), then keep the first `seq_len` tokens."""
     from distillkit.data import tokenize
 
-    s = tokenize(rows, fmt, tok, max_length)
+    s = tokenize(rows, fmt, tok, max_length, chat)
     if s.dropped:
         raise DataError(f"{s.dropped} of {rows.num_rows} samples tokenize to fewer than 2 tokens now, although the score stage "
                         "kept them: the tokenizer differs from the one used for scoring")

@@ -3,7 +3,8 @@
 A freshly pruned student's held-out KL to the teacher falls fast from the first step; a student that is
 already trained sits near its optimum, and a learning rate meant for healing (1e-4) makes its held-out KL
 *rise* (docs/train.md, "Starting from a trained student"). So train re-measures the held-out slice of the
-"before" report (the same rows, `heldout_report`) once, after step N, and compares: KL(teacher‖student) per
+"before" report once, after step N, on the dev rows (a decision: it never reads the test slice the report
+reads, unless the scores have no dev split), and compares: KL(teacher‖student) per
 token when there is a teacher to measure against, else the student's NLL. A rise of more than
 `TOLERANCE` (relative) overall, or in most domains, is a warning line naming the fix, and a record in the
 manifest's figures; training goes on (or stops, with ``early_check_stop``).
@@ -77,8 +78,9 @@ def early_check(parts: Components, settings: Settings, state: TrainState, warn) 
 
     device = torch.device(parts.dist.device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the CPU stream, and this GPU's
-        now = heldout_report(parts, settings, state, with_kl=state.before.get("kl") is not None)
-    record = compare(state.before, now, state.mixer.domains, state.step)
+        ref = state.before.get("dev", state.before)  # the dev rows' before-report; the test slice's for scores without dev
+        now = heldout_report(parts, settings, state, with_kl=ref.get("kl") is not None, split="dev" if "dev" in state.before else "test")
+    record = compare(ref, now, state.mixer.domains, state.step)
     state.before["early_check"] = record
     if record["rose"]:
         warn(message(record, parts.lr.base_lr))

@@ -106,7 +106,7 @@ def train(parts: Components, settings: Settings, state: TrainState, resume_from:
             monitor.log(row)
             if state.mixer.due(state.step):
                 c = parts.corpus
-                held = measure_heldout(parts.model, c.seqs, c.heldout_rows, state.mixer.domains,
+                held = measure_heldout(parts.model, c.seqs, c.dev_rows, state.mixer.domains,
                                        batch_size=settings.eval_batch_size, pad_id=c.pad_id, device=dist.device, dist=dist,
                                        pack=settings.pack)
                 state.sampler.set_weights(state.mixer.update(state.step, held.student_ppl))

@@ -55,7 +55,8 @@ class Corpus:
     seqs: Sequences  # training rows (curriculum order) first, then held-out rows
     pad_id: int
     topk: TopKStore | None  # the offline teacher's stored top-k; None online
-    heldout_rows: list[list[int]]  # per mixer domain: rows of `seqs` for DDK re-measurement
+    heldout_rows: list[list[int]]  # per mixer domain: rows of `seqs` of the test slice (the before/after report)
+    dev_rows: list[list[int]]  # per mixer domain: rows of `seqs` every in-run decision reads (DDK, the early check)
 
 
 @dataclass(frozen=True, slots=True)

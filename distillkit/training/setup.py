@@ -51,6 +51,9 @@ class Inputs:
     identity: dict[str, str] = field(default_factory=dict)  # fingerprints that join the artifact's identity
     data_format: str = "text"  # "text" or "instruction" (prompt/response)
     student_dir: str = ""  # the student's HF directory (a separate generation engine loads it from there)
+    dev_rows: list[list[int]] = field(default_factory=list)  # per domain, rows of `seqs` that in-run decisions read
+    test_teacher_ppl: np.ndarray | None = None  # [domains] the scored teacher on the test slice (the report's column)
+    teacher_provenance: dict[str, Any] | None = None  # a corrected teacher's train artifact (models.corrected_teacher)
 
     @property
     def with_kl(self) -> bool:
@@ -132,12 +135,14 @@ def checkpoint_to_resume(settings: Settings) -> Path | None:
     return latest[1] if latest else None
 
 
-def heldout_report(parts: Components, settings: Settings, state: TrainState, with_kl: bool) -> dict[str, Any]:
-    """Per domain: held-out tokens, student perplexity and mean KL(teacher || student) per token."""
+def heldout_report(parts: Components, settings: Settings, state: TrainState, with_kl: bool,
+                   split: str = "test") -> dict[str, Any]:
+    """Per domain: held-out tokens, student perplexity and mean KL(teacher || student) per token, on the test rows
+    (the before/after report) or the dev rows (the early check)."""
     from distillkit.training.ddk import measure_heldout
 
     c = parts.corpus
-    held = measure_heldout(parts.model, c.seqs, c.heldout_rows, state.mixer.domains, batch_size=settings.eval_batch_size,
+    held = measure_heldout(parts.model, c.seqs, c.heldout_rows if split == "test" else c.dev_rows, state.mixer.domains, batch_size=settings.eval_batch_size,
                            pad_id=c.pad_id, device=parts.dist.device, dist=parts.dist, teacher_fn=parts.eval_teacher,
                            topk=c.topk, with_kl=with_kl, pack=settings.pack)
     kl = held.mean_kl
