@@ -124,6 +124,9 @@ GENERATION_COLUMNS = {
     "domain": pa.string(),
     "rouge_l": pa.float32(),
     "prediction": pa.string(),
+    "num_tokens": pa.int32(),  # the answer's length in new tokens (EOS not counted)
+    "stopped": pa.bool_(),  # it ended at EOS (else at gen_max_new_tokens)
+    "exact_match": pa.float32(),  # final answer == the reference's (null: the reference has no checkable answer)
 }
 
 __all__ = [

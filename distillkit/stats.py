@@ -7,9 +7,12 @@ What `distillkit study` reports, in plain formulas (n values x_1..x_n; t_q(df) t
   seeds: same data, same evaluation prompts; or evaluation prompts within the runs), then mean ± CI of d.
 - verdict at 95 %: "better" when the CI of d lies wholly on the good side of 0 (above for ROUGE-L, below
   for perplexity), "worse" when wholly on the other, else "no difference detected".
-- smallest detectable effect (two-sided α = 0.05, power 0.8): (t_{0.975}(n−1) + t_{0.8}(n−1)) · s_d/√n,
-  the true mean difference this design would find significant four times in five, given the observed
-  spread s_d of the differences.
+- smallest detectable effect (two-sided α = 0.05, power 0.8): the true mean difference δ at which the paired
+  t-test on n differences rejects four times in five, given the observed spread s_d: power(δ) =
+  P(|T'| > t_{0.975}(n−1)) with T' noncentral t (n−1 degrees of freedom, noncentrality δ·√n/s_d), solved for
+  power 0.8. With 3 seeds s_d itself is an estimate from 3 values, so this is an estimate too; the sound
+  statement about a published effect is whether it lies inside the CI of d. (Earlier versions used the
+  normal-style shortcut (t_{0.975} + t_{0.8}) · s_d/√n, which is close for large n and too small for n = 3.)
 """
 
 from __future__ import annotations
@@ -67,12 +70,28 @@ def paired(arm: Mapping, base: Mapping, level: float = 0.95) -> Estimate | None:
     return mean_ci([arm[u] - base[u] for u in common], level)
 
 
+def t_test_power(effect: float, n: int, alpha: float = 0.05) -> float:
+    """Power of the two-sided one-sample (paired) t-test on n values at standardised effect δ/s (Cohen's d)."""
+    from scipy.stats import nct
+
+    df, nc = n - 1, effect * math.sqrt(n)
+    crit = t_quantile(1 - alpha / 2, df)
+    return float(nct.sf(crit, df, nc) + nct.cdf(-crit, df, nc))
+
+
 def detectable(d: Estimate, power: float = 0.8, alpha: float = 0.05) -> float:
-    """Smallest true mean difference found at two-sided `alpha` with probability `power` (NaN for n < 2)."""
+    """Smallest true mean difference found at two-sided `alpha` with probability `power` (NaN for n < 2):
+    the noncentral-t solution of `t_test_power` = power, times the observed sd of the differences."""
     if d.n < 2 or math.isnan(d.sd):
         return math.nan
-    df = d.n - 1
-    return (t_quantile(1 - alpha / 2, df) + t_quantile(power, df)) * d.sd / math.sqrt(d.n)
+    if d.sd == 0:
+        return 0.0
+    from scipy.optimize import brentq
+
+    hi = 1.0
+    while t_test_power(hi, d.n, alpha) < power:
+        hi *= 2
+    return float(brentq(lambda e: t_test_power(e, d.n, alpha) - power, 0.0, hi, xtol=1e-10)) * d.sd
 
 
 def verdict(d: Estimate | None, higher_is_better: bool) -> Verdict:
@@ -85,4 +104,4 @@ def verdict(d: Estimate | None, higher_is_better: bool) -> Verdict:
     return "no difference detected"
 
 
-__all__ = ["Estimate", "Verdict", "mean_ci", "paired", "detectable", "verdict", "t_quantile"]
+__all__ = ["Estimate", "Verdict", "mean_ci", "paired", "detectable", "t_test_power", "verdict", "t_quantile"]

@@ -51,6 +51,8 @@ def _eval_part(art, label: str) -> dict[str, Any]:
             continue
         if r["task"] == "heldout_ppl" and r["metric"] == "ppl":
             out["metrics"]["ppl"] = r["value"]
+        elif r["task"] == "heldout_generation" and r["metric"] in ("exact_match", "eos_rate", "answer_tokens"):
+            out["metrics"][r["metric"]] = r["value"]  # beside ROUGE-L: exact match, the share stopped at EOS, length
         elif r["task"] not in ("heldout_ppl", "heldout_generation"):
             out["metrics"][f"{r['task']}/{r['metric']}"] = r["value"]
     dom = {d["domain"]: d["ppl"] for d in _rows(art, "domains.arrow") if d["model"] == label}

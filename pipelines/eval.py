@@ -223,6 +223,8 @@ def run(cfg: EvalConfig, resume: bool = False, overwrite: bool = False) -> Stage
             s = summarize(t)
             rows.append({"model": t.column("model")[0].as_py(), "task": "heldout_generation", "metric": "rouge_l",
                          "value": s["mean"], "stderr": s["spread"], "num_samples": s["num_samples"]})
+            rows += [{"model": t.column("model")[0].as_py(), "task": "heldout_generation", "metric": k, "value": s[k],
+                      "stderr": None, "num_samples": s["num_samples"]} for k in ("exact_match", "eos_rate", "answer_tokens") if k in s]
     results = pa.table({k: pa.array([r.get(k) for r in rows], t) for k, t in RESULT_COLUMNS.items()})
     writer.write("results.arrow", results)
     if lm_info:

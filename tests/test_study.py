@@ -30,6 +30,17 @@ def test_mean_ci_known_answer():
     assert one.mean == 7.0 and math.isnan(one.lo) and one.n == 1
 
 
+def test_t_test_power_known_answers():
+    from distillkit.stats import Estimate, detectable, t_test_power
+
+    # pwr.t.test(n = 10, d = 1, sig.level = 0.05, type = "one.sample") in R's pwr package: power = 0.8030969
+    assert t_test_power(1.0, 10) == pytest.approx(0.8030969, abs=1e-6)
+    assert t_test_power(0.0, 10) == pytest.approx(0.05, abs=1e-9)  # no effect: the test's size
+    # the detectable effect is where the power is 0.8, in units of the differences' sd
+    e = detectable(Estimate(0.0, 0.0, 0.0, 10, 2.0))
+    assert t_test_power(e / 2.0, 10) == pytest.approx(0.8, abs=1e-8) and e == pytest.approx(2 * 0.996001, rel=1e-5)
+
+
 def test_paired_difference_detectable_and_verdict_known_answer():
     from distillkit.stats import detectable, paired, verdict
 
@@ -37,8 +48,9 @@ def test_paired_difference_detectable_and_verdict_known_answer():
     # d = [1, 2, 1]: mean 4/3, s = 0.577350, t_0.975(2) = 4.302653 -> half = 4.302653 * 0.577350 / sqrt(3) = 1.434218
     assert d.n == 3 and d.mean == pytest.approx(4 / 3) and d.half == pytest.approx(1.434218, rel=1e-5)
     assert verdict(d, higher_is_better=True) == "no difference detected"  # lo = -0.1009 < 0
-    # detectable: (t_0.975(2) + t_0.8(2)) * s / sqrt(3) = (4.302653 + 1.060660) * 0.333333 = 1.787771
-    assert detectable(d) == pytest.approx(1.787771, rel=1e-5)
+    # detectable: the noncentral-t solution for n = 3 is 3.264044 standard deviations of d (the shortcut
+    # (t_0.975(2) + t_0.8(2)) / sqrt(3) = 3.0965 is too small), so 3.264044 * 0.577350 = 1.884496
+    assert detectable(d) == pytest.approx(1.884496, rel=1e-5)
     better = paired({0: 3.0, 1: 3.1, 2: 2.9}, {0: 1.0, 1: 1.0, 2: 1.0})
     assert verdict(better, True) == "better" and verdict(better, False) == "worse"
     assert verdict(paired({0: 1.0}, {0: 0.0}), True) == "too few runs"
