@@ -60,6 +60,8 @@ class ScoreRecord:
     teacher_dir: str
     student_dir: str
     topk: TopKInfo | None = None
+    teacher: dict[str, Any] | None = None  # a corrected teacher's provenance (models.corrected_teacher); None otherwise
+    chat_template: bool = False  # prompts were wrapped in the tokenizer's chat template
 
     @property
     def is_shard(self) -> bool:
@@ -71,6 +73,10 @@ class ScoreRecord:
                                "student_dir": self.student_dir}
         if self.topk is not None:
             out["topk"] = dataclasses.asdict(self.topk)
+        if self.teacher is not None:
+            out["teacher"] = self.teacher
+        if self.chat_template:
+            out["chat_template"] = True
         return out
 
     @classmethod
@@ -88,7 +94,8 @@ class ScoreRecord:
             raise ArtifactError(f"{where}: topk {topk!r} is not a top-k record ({e}); {fix}") from None
         return cls(shard=(int(shard[0]), int(shard[1])), format=manifest["format"],
                    data_sources=tuple(manifest.get("data_sources", ())), teacher_dir=str(manifest.get("teacher_dir", "")),
-                   student_dir=str(manifest.get("student_dir", "")), topk=info)
+                   student_dir=str(manifest.get("student_dir", "")), topk=info, teacher=manifest.get("teacher"),
+                   chat_template=bool(manifest.get("chat_template", False)))
 
 
 # ---------------------------------------------------------------- plan -> train

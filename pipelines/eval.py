@@ -234,8 +234,11 @@ def run(cfg: EvalConfig, resume: bool = False, overwrite: bool = False) -> Stage
         olmo_version = md.version(T.OLMO_PACKAGE)
     except md.PackageNotFoundError:
         olmo_version = None
+    from distillkit.models import corrected_teacher
+
     meta = {
-        "models": [{"label": e.label, "role": e.role, "spec": e.spec, "path": e.path} for e in ents],
+        "models": [{"label": e.label, "role": e.role, "spec": e.spec, "path": e.path,
+                    **({"provenance": p} if (p := corrected_teacher(e.path)) else {})} for e in ents],
         "tasks": task_names,
         "task_splits": {t: T.scored_split(t) for t in task_names},
         "baseline": ents[base].label if base is not None else None,

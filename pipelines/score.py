@@ -117,7 +117,7 @@ def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> S
     from distillkit.artifacts import ArtifactWriter
     from distillkit.assets import resolve_data
     from distillkit.data import load_data, shard_rows, tokenize, uses_chat_template
-    from distillkit.models import check_same_tokenizer, load_tokenizer, model_fingerprint, resolve_model
+    from distillkit.models import check_same_tokenizer, corrected_teacher, load_tokenizer, model_fingerprint, resolve_model
 
     t0 = time.time()
     shard, num_shards = parse_shard(cfg.shard)
@@ -199,7 +199,8 @@ def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> S
     writer.finish(
         figures,
         extra=ScoreRecord(shard=(shard, num_shards), format=ds.format, data_sources=tuple(ds.sources), teacher_dir=str(teacher_dir),
-                          student_dir=str(student_dir), topk=_topk_info(cfg, len(tok))).to_manifest(),
+                          student_dir=str(student_dir), topk=_topk_info(cfg, len(tok)), teacher=corrected_teacher(teacher_dir),
+                          chat_template=chat).to_manifest(),
     )
     return result(writer)
 
