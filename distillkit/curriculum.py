@@ -219,8 +219,20 @@ def build_curriculum(train: pa.Table, measure: str, num_stages: int, rrf_k: int 
     return Curriculum(table, names, pools, pool_tokens, measure)
 
 
+def full_pools(c: Curriculum, num_stages: int) -> Curriculum:
+    """`c` with every sample in stage 0, so that each of the `num_stages` stages trains on all of them (the stage
+    schedule without the easy-to-hard pools); the rank order is kept but no longer decides what is drawn."""
+    import dataclasses
+
+    n = c.table.num_rows
+    table = c.table.set_column(c.table.schema.get_field_index("stage"), "stage", pa.array(np.zeros(n, np.int32)))
+    pools = np.repeat(c.pools[-1:], num_stages, axis=0)
+    pool_tokens = np.full(num_stages, int(c.pool_tokens[-1]), dtype=np.int64)
+    return dataclasses.replace(c, table=table, pools=pools, pool_tokens=pool_tokens)
+
+
 __all__ = [
-    "Measure", "MEASURE_COLUMNS", "MEASURE_HELP", "default_measure", "resolve_measure", "id_keys",
+    "full_pools", "Measure", "MEASURE_COLUMNS", "MEASURE_HELP", "default_measure", "resolve_measure", "id_keys",
     "ranks", "rrf_difficulty", "measure_values", "domain_codes", "stratify", "pool_counts", "StageSchedule",
     "schedule", "Curriculum", "build_curriculum",
 ]

@@ -26,7 +26,8 @@ The recipe (TOML) names everything a study compares; `read_study` checks it whol
                                        # evaluated on the study's `scores` held-out split
 
 An arm's plan with S cumulative stages (stage s trains on the easiest (s+1)/S) is given
-``stage_length = 2·epochs/(S+1)`` epochs per stage, so every arm makes the same number of sample passes;
+``stage_length = 2·epochs/(S+1)`` epochs per stage (``epochs/S`` for a plan with ``pools = "full"``, whose
+stages each hold all the data), so every arm makes the same number of sample passes;
 with ``steps = N`` each of its S stages gets N/S steps. The study owns the keys that define the budget
 and the runs' paths: arms and shared tables may not set them.
 """
@@ -58,10 +59,11 @@ class Budget:
     unit: Literal["epochs", "steps"]
     value: float
 
-    def stage_length(self, stages: int) -> float:
-        """Per-stage length for a plan of `stages` cumulative stages, so that the total equals the budget."""
+    def stage_length(self, stages: int, full_pools: bool = False) -> float:
+        """Per-stage length for a plan of `stages` cumulative stages (or, `full_pools`, stages that each hold all the
+        training data), so that the total equals the budget."""
         if self.unit == "epochs":
-            return 2.0 * self.value / (stages + 1)
+            return self.value / stages if full_pools else 2.0 * self.value / (stages + 1)
         return self.value / stages
 
     def describe(self) -> str:

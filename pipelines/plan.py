@@ -37,6 +37,7 @@ class PlanConfig:
     measure: Measure = opt("auto", "Difficulty measure: rrf (ROUGE-L + student CE, POCL), student_ce, ppl_ratio, nll_gap; auto = rrf when the scores have ROUGE-L, else student_ce.", panel="curriculum")
     stages: int = opt(4, "Number of curriculum stages S; stage s trains on the easiest (s+1)/S of every domain.", panel="curriculum")
     curriculum: bool = opt(True, "false: one stage with all training data (the no-curriculum ablation).", panel="curriculum")
+    pools: Literal["growing", "full"] = opt("growing", "growing: stage s trains on the easiest (s+1)/S (POCL); full: every stage trains on all training data in no order -- the stage schedule (T, λ, optimizer restarts) without the curriculum, an ablation.", panel="curriculum")
     stage_length: float | None = opt(None, "Training length of each stage, in stage_unit (default: 1 epoch; required for steps).", panel="curriculum")
     stage_unit: Literal["epochs", "steps"] = opt("epochs", "Unit of stage_length: epochs over the stage's pool, or optimizer steps.", panel="curriculum")
     restart_optimizer: bool = opt(False, "Restart optimizer and LR schedule at each stage (POCL's reference code does).", panel="curriculum")
@@ -156,6 +157,8 @@ def run(cfg: PlanConfig, resume: bool = False, overwrite: bool = False) -> Stage
 
     num_stages = cfg.num_stages
     curric = cur.build_curriculum(train, measure, num_stages, cfg.rrf_k)
+    if cfg.pools == "full":  # the schedule without the curriculum: every sample in the first pool
+        curric = cur.full_pools(curric, num_stages)
     names = curric.domains
 
     # Mixture over the domains that have training rows, beside the measured held-out perplexities.
@@ -215,7 +218,7 @@ def run(cfg: PlanConfig, resume: bool = False, overwrite: bool = False) -> Stage
         rrf_k=cfg.rrf_k if measure == "rrf" else None,
     )
 
-    ident = {k: v for k, v in to_dict(cfg).items() if k != "out"}
+    ident = {k: v for k, v in to_dict(cfg).items() if k != "out" and not (k == "pools" and v == "growing")}
     if (cfg.ddk_factor, cfg.ddk_tau) == (DDK_FACTOR, DDK_TAU):  # the paper's factor: plans made before the keys stay complete
         del ident["ddk_factor"], ident["ddk_tau"]
     ident["scores_manifest_sha256"] = scores.sha256

@@ -157,7 +157,7 @@ def prepare(rec: StudyRecipe) -> StudyPlan:
         if rec.budget.unit == "steps" and int(rec.budget.value) % stages:
             raise ConfigError(f"budget steps = {int(rec.budget.value)} does not split into arm {name!r}'s {stages} stages: "
                               f"use a multiple of {stages}")
-        length = rec.budget.stage_length(stages)
+        length = rec.budget.stage_length(stages, full_pools=first.pools == "full")
         plans[name] = build(PlanConfig, {**base_opts, "stage_unit": rec.budget.unit,
                                          "stage_length": int(length) if rec.budget.unit == "steps" else length},
                             f"arm {name!r} [plan]")

@@ -262,3 +262,24 @@ def test_sample_answers_reports_which_answers_stopped(tiny_teacher_dir):
     cut = sample_answers(model, prompts, seed=0, max_new_tokens=6, temperature=0.0, pad_id=0, eos_ids=[first], stopped=stopped)
     assert cut[0] == greedy[0][: greedy[0].index(first)] and stopped[0] is True
     assert stopped[1] == (first in greedy[1]) and len(stopped) == 2
+
+
+def test_full_pools_keep_the_stage_schedule_without_the_curriculum(pipeline, tmp_path):
+    """plan --pools full (the fkl-schedule ablation): 4 stages, T and λ rising, every stage on all training data;
+    the study's budget gives each stage epochs/S so the sample passes equal the flat arm's."""
+    from distillkit.artifacts import read_artifact
+    from distillkit.pipelines.plan import PlanConfig
+    from distillkit.pipelines.plan import run as run_plan
+    from distillkit.study import Budget
+
+    run_plan(PlanConfig(scores=str(pipeline["scores"]), out=str(tmp_path / "full"), pools="full", stage_length=0.5))
+    run_plan(PlanConfig(scores=str(pipeline["scores"]), out=str(tmp_path / "grow"), stage_length=0.5))
+    full, grow = (read_artifact(tmp_path / n, "plan") for n in ("full", "grow"))
+    stages = full.manifest["plan"]["stages"]
+    n = full.manifest["plan"]["train_samples"]
+    assert [s["num_samples"] for s in stages] == [n] * 4 and [s["temperature"] for s in stages] == pytest.approx([1.0, 4 / 3, 5 / 3, 2.0])
+    assert set(full.table("curriculum.arrow").column("stage").to_pylist()) == {0}
+    assert [s["num_samples"] for s in grow.manifest["plan"]["stages"]][-1] == n and grow.manifest["plan"]["stages"][0]["num_samples"] < n
+    assert full.sha256 != grow.sha256
+    b = Budget("epochs", 2.0)
+    assert b.stage_length(4, full_pools=True) * 4 == 2.0 and b.stage_length(4) * (1 + 2 + 3 + 4) / 4 == pytest.approx(2.0)
