@@ -76,7 +76,19 @@ def t_test_power(effect: float, n: int, alpha: float = 0.05) -> float:
 
     df, nc = n - 1, effect * math.sqrt(n)
     crit = t_quantile(1 - alpha / 2, df)
-    return float(nct.sf(crit, df, nc) + nct.cdf(-crit, df, nc))
+    p = float(nct.sf(crit, df, nc) + nct.cdf(-crit, df, nc))
+    if math.isfinite(p):
+        return p
+    # scipy's noncentral t fails (NaN) far in the tail at small df: the same probability as an integral over
+    # the chi-square V of T' = (Z + nc) / sqrt(V / df).
+    from scipy.integrate import quad
+    from scipy.stats import chi2, norm
+
+    def at(v: float) -> float:
+        s = crit * math.sqrt(v / df)
+        return (norm.sf(s - nc) + norm.cdf(-s - nc)) * chi2.pdf(v, df)
+
+    return float(min(1.0, quad(at, 0.0, math.inf, limit=200)[0]))
 
 
 def detectable(d: Estimate, power: float = 0.8, alpha: float = 0.05) -> float:

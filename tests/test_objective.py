@@ -92,8 +92,17 @@ def test_heldout_sums_are_summed_nll_and_forward_kl():
     assert kl_k.item() == pytest.approx(want_kl_k.item(), rel=1e-5)
 
 
-def test_objective_refuses_a_missing_teacher():
+@pytest.mark.parametrize("impl", ["chunked", "plain"])
+def test_objective_without_a_teacher_is_plain_cross_entropy(impl):
+    """train --teacher-mode none: no teacher, whatever the stage's λ, the objective is CE (value and gradient)."""
     hidden, weight, bias, _, labels, _, V = _step_inputs(seed=185)
-    with pytest.raises(ValueError, match="TopKTeacher"):
-        _objective("chunked", "fkl", "pocl", 0.5, hidden, weight, bias, labels, None, V)
+    h = hidden.detach().clone().requires_grad_(True)
+    obj, kd, ce = _objective(impl, "fkl", "pocl", 0.5, h, weight, bias, labels, None, V)
+    obj.backward()
+    h2 = hidden.detach().clone().requires_grad_(True)
+    logits = torch.nn.functional.linear(h2, weight, bias)[..., :V]
+    want = torch.nn.functional.cross_entropy(logits.reshape(-1, V).float(), labels.reshape(-1), ignore_index=-100)
+    want.backward()
+    assert float(kd) == 0.0 and torch.allclose(obj.detach(), want.detach(), atol=1e-5) and torch.allclose(ce, want.detach(), atol=1e-5)
+    assert torch.allclose(h.grad, h2.grad, atol=1e-6)
 
