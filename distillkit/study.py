@@ -44,7 +44,8 @@ from typing import Any, Literal, Mapping
 from distillkit.errors import ConfigError
 
 TOP_KEYS = ("name", "out", "results", "scores", "teacher", "student", "seeds", "baseline", "compare", "threads", "jobs")
-TABLES = ("budget", "plan", "train", "eval", "arms")
+PRECONDITION_KEYS = ("arm", "metric", "margin", "seeds")
+TABLES = ("budget", "plan", "train", "eval", "arms", "precondition")
 # Keys the study sets itself, per stage: the budget, the inputs and the outputs.
 OWNED = {
     "plan": ("scores", "out", "stage_length", "stage_unit"),
@@ -79,6 +80,25 @@ class Arm:
 
 
 @dataclass(frozen=True)
+class Precondition:
+    """``[precondition]``: before any other arm runs, the teacher (the reference evaluation) must beat arm `arm`
+    (an SFT student at the study's budget, say) on `metric` by at least `margin`, over the arm's `seeds`."""
+
+    arm: str
+    metric: str = "rouge_l"
+    margin: float = 0.03
+    seeds: tuple[int, ...] = (0,)
+
+    def check(self, teacher: float, arm_values: list[float]) -> dict[str, Any]:
+        """The record the study writes (precondition.json): values, gap, and whether it holds."""
+        mean = sum(arm_values) / len(arm_values)
+        gap = (mean - teacher) if self.metric in ("ppl", "kl") else (teacher - mean)  # "ahead": lower ppl / KL
+        return {"arm": self.arm, "metric": self.metric, "margin": self.margin, "seeds": list(self.seeds),
+                "teacher": teacher, "arm_value": mean, "arm_values": arm_values, "gap": gap,
+                "passed": bool(gap >= self.margin)}
+
+
+@dataclass(frozen=True)
 class StudyRecipe:
     path: Path
     name: str
@@ -98,6 +118,7 @@ class StudyRecipe:
     threads: int | None = None
     jobs: int = 1
     compare: tuple[tuple[str, str], ...] = ()  # (arm, reference) pairs the report compares besides the baseline
+    precondition: Precondition | None = None  # the teacher must be ahead of this arm before any other arm runs
 
     def run_ids(self) -> list[tuple[str, int]]:
         """Every (arm, seed), seed-major: a study cut short has every arm at its first seeds."""
@@ -189,12 +210,39 @@ def read_study(spec: str | Path, out: str | None = None, results: str | None = N
     if baseline not in arms:
         raise ConfigError(f"{where}: baseline {baseline!r} is not an arm; arms are {', '.join(arms)}")
     compare = _compare(raw.get("compare", []), arms, baseline, where)
+    precondition = _precondition(raw.get("precondition"), arms, tuple(seeds), references, where)
     results_dir = Path(results or raw.get("results") or root / "results")
     return StudyRecipe(path=path, name=str(raw.get("name", path.stem)), root=root, results=results_dir,
                        scores=Path(raw["scores"]), teacher=raw.get("teacher"), student=raw.get("student"),
                        seeds=tuple(seeds), baseline=baseline, budget=budget, arms=arms, plan=shared["plan"],
                        train=shared["train"], eval=shared["eval"], references=references,
-                       threads=raw.get("threads"), jobs=int(raw.get("jobs", 1)), compare=compare)
+                       threads=raw.get("threads"), jobs=int(raw.get("jobs", 1)), compare=compare, precondition=precondition)
+
+
+def _precondition(raw: Any, arms: Mapping[str, Arm], seeds: tuple[int, ...], references: bool, where: str) -> Precondition | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: precondition must be a [table] with arm = \"NAME\" (and metric, margin, seeds)")
+    bad = [k for k in raw if k not in PRECONDITION_KEYS]
+    if bad:
+        raise ConfigError(f"{where}: [precondition] has unknown key(s) {', '.join(bad)}; its keys are {', '.join(PRECONDITION_KEYS)}")
+    arm = raw.get("arm")
+    if arm not in arms:
+        raise ConfigError(f"{where}: [precondition] arm {arm!r} is not an arm; arms are {', '.join(arms)}")
+    if not references:
+        raise ConfigError(f"{where}: [precondition] compares the teacher with arm {arm!r} and needs the reference evaluation: "
+                          "set [eval] references = true")
+    pseeds = raw.get("seeds", [seeds[0]])
+    if not (isinstance(pseeds, list) and pseeds and all(_int(x) and x in seeds for x in pseeds)):
+        raise ConfigError(f"{where}: [precondition] seeds must be a non-empty list of the study's seeds {list(seeds)}, got {pseeds!r}")
+    margin = raw.get("margin", 0.03)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+        raise ConfigError(f"{where}: [precondition] margin must be a number (in the metric's units: 0.03 = 3 ROUGE-L points)")
+    metric = raw.get("metric", "rouge_l")
+    if not isinstance(metric, str):
+        raise ConfigError(f"{where}: [precondition] metric must be a metric name such as rouge_l")
+    return Precondition(arm=arm, metric=metric, margin=float(margin), seeds=tuple(pseeds))
 
 
 def _compare(raw: Any, arms: Mapping[str, Arm], baseline: str, where: str) -> tuple[tuple[str, str], ...]:
@@ -383,5 +431,5 @@ def domain_by_seed(results, arm: str, key: str) -> dict[str, dict[int, float]]:
     return out
 
 
-__all__ = ["Arm", "Budget", "StudyRecipe", "read_study", "run_id", "write_json", "load_results",
+__all__ = ["Arm", "Budget", "Precondition", "StudyRecipe", "read_study", "run_id", "write_json", "load_results",
            "machine", "Metric", "METRICS", "PRIMARY", "ArmSummary", "summarize", "domain_values", "domain_by_seed", "value"]

@@ -72,6 +72,35 @@ def metrics_present(results: Mapping) -> list[Metric]:
     return [m for m in METRICS if any(value(r, m.key) is not None for r in results.values())]
 
 
+def _precondition_section(rec: StudyRecipe, results: Mapping[tuple[str, int], Mapping[str, Any]]) -> list[str]:
+    """The teacher against the precondition's arm (the study's [precondition], checked before any other arm ran)."""
+    import json
+
+    pre_file = rec.results / "precondition.json"
+    if rec.precondition is None or not pre_file.is_file():
+        return []
+    r = json.loads(pre_file.read_text(encoding="utf-8"))
+    pre = rec.precondition
+    runs = [results[(pre.arm, x)] for x in pre.seeds if (pre.arm, x) in results]
+    keys = [k for k in ("rouge_l", "exact_match", "eos_rate", "answer_tokens", "ppl") if k in r.get("teacher_metrics", {})]
+
+    def cell(k: str, v: float | None) -> str:
+        if v is None:
+            return "–"
+        return f"{v:.1f}" if k == "answer_tokens" else f"{100 * v:.2f}" if k in ("rouge_l", "exact_match", "eos_rate") else f"{v:.3f}"
+
+    rows = [["teacher (reference)"] + [cell(k, r["teacher_metrics"].get(k)) for k in keys]]
+    for x, run in zip(pre.seeds, runs):
+        rows.append([f"{pre.arm} seed {x}"] + [cell(k, run.get("metrics", {}).get(k)) for k in keys])
+    names = {"rouge_l": "ROUGE-L", "exact_match": "exact match %", "eos_rate": "stopped at EOS %", "answer_tokens": "answer tokens",
+             "ppl": "test ppl"}
+    verdict = "**holds**" if r["passed"] else "**fails: no other arm ran**"
+    return ["## Precondition: is the teacher ahead?", "",
+            f"Checked before any other arm ran: the teacher's {r['metric']} must exceed arm `{pre.arm}`'s (seeds {list(pre.seeds)}) by "
+            f"at least {r['margin']:g}. Gap {r['gap']:+.4f}: {verdict}. ROUGE-L, exact match and EOS rate in percent.", ""] + \
+        _table(["model"] + [names[k] for k in keys], rows) + [""]
+
+
 def write_report(rec: StudyRecipe, results: Mapping[tuple[str, int], Mapping[str, Any]],
                  reference: Mapping[str, Any] | None, budgets: Mapping[str, Any], plots: bool = True) -> Path:
     arms = [a for a in rec.arms if any(k[0] == a for k in results)]
@@ -89,6 +118,7 @@ def write_report(rec: StudyRecipe, results: Mapping[tuple[str, int], Mapping[str
         "the evaluation's own noise, without the spread between training seeds.",
         "",
     ]
+    lines += _precondition_section(rec, results)
     arm_rows = [[a, ", ".join(f"{k} = {v}" for k, v in rec.arms[a].plan.items()) or "–",
                  ", ".join(f"{k} = {v}" for k, v in rec.arms[a].train.items()) or "–", ", ".join(map(str, seeds_done[a]))]
                 for a in arms]

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
-from distillkit.errors import ConfigError
+from distillkit.errors import ConfigError, DistillkitError
 from distillkit.study import StudyRecipe
 
 KIND = "study"
@@ -192,6 +192,9 @@ def prepare(rec: StudyRecipe) -> StudyPlan:
         ecfg = build(EvalConfig, {"plot": False, **eval_given, "models": (f"initial={student}",), "teacher": f"teacher={teacher}",
                                   "data": str(rec.scores), "out": str(rec.root / "runs" / REFERENCE / "eval")}, "[eval]")
         jobs.append(RunJob(REFERENCE, None, None, None, ecfg, _sha({"score": score_id, "eval": eval_given})))
+    if rec.precondition is not None:  # the reference and the precondition's runs first: they gate the others
+        gate = {REFERENCE} | {f"{rec.precondition.arm}-s{x}" for x in rec.precondition.seeds}
+        jobs = [j for j in jobs if j.id in gate] + [j for j in jobs if j.id not in gate]
     setting = {"name": rec.name, "score": score_id, "budget": {"unit": rec.budget.unit, "value": rec.budget.value},
                "baseline": rec.baseline, "eval": eval_given, "plan": rec.plan, "train": rec.train,
                "arms": {a: {"plan": x.plan, "train": x.train} | ({"scores": arm_scores[a][1]} if a in arm_scores else {})
@@ -292,10 +295,15 @@ def run(opts: StudyOptions) -> StudyResult:
         console.print(f"[bold cyan]study {rec.name}[/]: {len(sp.recipe.arms)} arms × {len(rec.seeds)} seeds, budget "
                       f"{rec.budget.describe()}; {len(pending)} run(s) to do, {len(skipped)} finished "
                       f"(results in {rec.results})")
-    if pending and jobs > 1 and not opts.worker:
-        ran = _spawn_workers(rec, pending, jobs, threads)
-    else:
-        ran = _work(sp, pending, threads)
+    try:
+        if pending and jobs > 1 and not opts.worker:
+            ran = _spawn_workers(rec, pending, jobs, threads)
+        else:
+            ran = _work(sp, pending, threads)
+    except PreconditionFailed:
+        if not opts.worker:
+            _report(sp)  # the report shows the precondition's table and the runs it needed
+        raise
     report = None if opts.worker else _report(sp)
     return StudyResult(rec.results, report, ran, skipped)
 
@@ -426,6 +434,8 @@ def _work(sp: StudyPlan, pending: list[RunJob], threads: int) -> list[str]:
     torch.set_num_threads(threads)
     ran = []
     for job in pending:
+        if job.id not in _gate_ids(sp):
+            ran += _await_precondition(sp)  # raises PreconditionFailed when the teacher is not ahead
         lock = _lock_path(sp, job)
         if _result_path(sp, job).is_file() or not claim(lock):
             continue
@@ -437,6 +447,72 @@ def _work(sp: StudyPlan, pending: list[RunJob], threads: int) -> list[str]:
         finally:
             release(lock)
     return ran
+
+
+PRECONDITION_FILE = "precondition.json"
+
+
+class PreconditionFailed(DistillkitError):
+    """The teacher is not ahead of the precondition's arm by the margin: no other arm runs. Exit 1."""
+
+
+def _gate_ids(sp: StudyPlan) -> set[str]:
+    pre = sp.recipe.precondition
+    return set() if pre is None else {REFERENCE} | {f"{pre.arm}-s{x}" for x in pre.seeds}
+
+
+def _await_precondition(sp: StudyPlan, poll_s: float = 10.0) -> list[str]:
+    """Return once the precondition holds (the runs it needs done, by this worker or another), writing
+    {results}/precondition.json; raise PreconditionFailed when it does not. Returns the gate runs this worker ran."""
+    from distillkit.locks import claim, release
+
+    gate = [j for j in sp.jobs if j.id in _gate_ids(sp)]
+    ran: list[str] = []
+    while True:
+        missing = [j for j in gate if not _result_path(sp, j).is_file()]
+        if not missing:
+            break
+        for j in missing:  # unclaimed (or left by a killed worker): run it here
+            lock = _lock_path(sp, j)
+            if claim(lock):
+                try:
+                    if not _result_path(sp, j).is_file():
+                        _run_job(sp, j)
+                        ran.append(j.id)
+                finally:
+                    release(lock)
+        if any(not _result_path(sp, j).is_file() for j in gate):
+            time.sleep(poll_s)  # another worker is on it
+    record = precondition_record(sp)
+    if not record["passed"]:
+        pre = sp.recipe.precondition
+        raise PreconditionFailed(
+            f"precondition failed: the teacher's {pre.metric} {record['teacher']:.4f} is {record['gap']:+.4f} ahead of arm "
+            f"{pre.arm!r} ({record['arm_value']:.4f}), less than the margin {pre.margin:g}; no other arm runs. Strengthen the "
+            f"teacher (e.g. more epochs of teacher correction) or widen the gap (a student pruned further), rescore, and "
+            f"rerun ({sp.recipe.results / PRECONDITION_FILE} holds the figures)")
+    return ran
+
+
+def precondition_record(sp: StudyPlan) -> dict[str, Any]:
+    """The precondition's figures from the result files (the reference's teacher, the arm's seeds), also written to
+    {results}/precondition.json."""
+    from distillkit.study import write_json
+
+    pre = sp.recipe.precondition
+    ref = json.loads((sp.recipe.results / f"{REFERENCE}.json").read_text(encoding="utf-8"))
+    teacher = next((m for m in ref.get("models", {}).values() if m.get("role") == "teacher"), None)
+    if teacher is None or pre.metric not in teacher.get("metrics", {}):
+        raise ConfigError(f"precondition: the reference evaluation has no teacher {pre.metric!r} "
+                          f"(it has {sorted((teacher or {}).get('metrics', {}))}); pick a metric the evaluation measures")
+    values = []
+    for x in pre.seeds:
+        r = json.loads(_result_path(sp, next(j for j in sp.jobs if j.id == f"{pre.arm}-s{x}")).read_text(encoding="utf-8"))
+        values.append(float(r["metrics"][pre.metric]))
+    record = pre.check(float(teacher["metrics"][pre.metric]), values)
+    record["teacher_metrics"] = teacher.get("metrics", {})
+    write_json(sp.recipe.results / PRECONDITION_FILE, record)
+    return record
 
 
 def _run_job(sp: StudyPlan, job: RunJob) -> None:
@@ -501,6 +577,11 @@ def _spawn_workers(rec: StudyRecipe, pending: list[RunJob], jobs: int, threads: 
 
         raise StoppedBySignal(f"study {rec.name} stopped by {signal_name(received[0])}: runs in training wrote a "
                               f"checkpoint first (see {logs}/worker-N.log); rerun the same command to resume", received[0])
+    pre = rec.results / PRECONDITION_FILE
+    if failed and rec.precondition is not None and pre.is_file() and not json.loads(pre.read_text(encoding="utf-8"))["passed"]:
+        r = json.loads(pre.read_text(encoding="utf-8"))
+        raise PreconditionFailed(f"precondition failed: the teacher's {r['metric']} {r['teacher']:.4f} is {r['gap']:+.4f} ahead of "
+                                 f"arm {r['arm']!r}, less than the margin {r['margin']:g}; no other arm ran ({pre})")
     if failed:
         raise RuntimeError(f"study worker(s) {', '.join(map(str, failed))} failed: see {logs}/worker-N.log; "
                            "rerun the same command to resume")

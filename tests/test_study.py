@@ -450,3 +450,47 @@ def test_report_shows_small_paired_differences_with_enough_decimals():
     assert _fine("{:.2f}", -2.26, 2.3) == "{:.2f}"  # wide enough already
     assert _fine("{:.1f}", 0.0, None, float("nan")) == "{:.1f}"  # nothing to refine
     assert _fine("{:.2f}", 1e-12) == "{:.6f}"  # capped
+
+
+PRE = STUDY.replace("seeds = [0, 1]", "seeds = [0]") + """
+[arms.sft]
+plan = {{ curriculum = false }}
+train = {{ teacher_mode = "none" }}
+[precondition]
+arm = "sft"
+margin = {margin}
+"""
+
+
+def test_precondition_runs_first_and_a_failing_one_stops_every_other_arm(tmp_path, study_scores):
+    """[precondition]: the reference (teacher) and the SFT arm run first; a teacher not ahead by the margin stops the
+    study (exit 1, one line) before any other arm trains, with precondition.json and the report's table written."""
+    out, results = tmp_path / "runs", tmp_path / "results"
+    recipe = _recipe(tmp_path / "fail.toml", PRE.format(out=out, scores=study_scores, margin=1.0))  # ROUGE-L <= 1: cannot hold
+    r = runner.invoke(app, ["study", str(recipe), "--results", str(results), "--threads", "1"])
+    assert r.exit_code == 1 and "precondition failed" in r.output and "no other arm runs" in r.output, r.output
+    assert _files(results) >= {"reference.json", "sft-s0.json", "precondition.json"}
+    assert not (results / "flat-s0.json").exists() and not (out / "runs" / "flat-s0").exists()
+    pre = json.loads((results / "precondition.json").read_text())
+    ref = json.loads((results / "reference.json").read_text())
+    teacher = next(m for m in ref["models"].values() if m["role"] == "teacher")["metrics"]["rouge_l"]
+    sft = json.loads((results / "sft-s0.json").read_text())["metrics"]["rouge_l"]
+    assert pre["passed"] is False and pre["gap"] == pytest.approx(teacher - sft) and pre["margin"] == 1.0
+    assert "## Precondition: is the teacher ahead?" in (results / "report.md").read_text()
+    sft_train = json.loads((out / "runs" / "sft-s0" / "train" / "manifest.json").read_text())
+    assert sft_train["train"]["objective"] == "sft"
+
+    # a margin the teacher meets: the same runs are reused and every other arm runs after them
+    ok = _recipe(tmp_path / "ok.toml", PRE.format(out=out, scores=study_scores, margin=-1.0))
+    r = runner.invoke(app, ["study", str(ok), "--results", str(tmp_path / "results2"), "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    assert _files(tmp_path / "results2") >= {"reference.json", "sft-s0.json", "flat-s0.json", "pocl-s0.json", "precondition.json"}
+    assert json.loads((tmp_path / "results2" / "precondition.json").read_text())["passed"] is True
+
+
+def test_precondition_needs_a_known_arm_and_the_references(tmp_path, study_scores):
+    body = PRE.format(out=tmp_path / "runs", scores=study_scores, margin=0.03)
+    r = runner.invoke(app, ["study", str(_recipe(tmp_path / "a.toml", body.replace('arm = "sft"', 'arm = "sfx"')))])
+    assert r.exit_code == 2 and "[precondition] arm 'sfx' is not an arm" in r.output, r.output
+    r = runner.invoke(app, ["study", str(_recipe(tmp_path / "b.toml", body.replace('tasks = "none"', 'tasks = "none"\nreferences = false')))])
+    assert r.exit_code == 2 and "needs the reference evaluation" in r.output, r.output
