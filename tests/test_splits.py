@@ -283,3 +283,30 @@ def test_full_pools_keep_the_stage_schedule_without_the_curriculum(pipeline, tmp
     assert full.sha256 != grow.sha256
     b = Budget("epochs", 2.0)
     assert b.stage_length(4, full_pools=True) * 4 == 2.0 and b.stage_length(4) * (1 + 2 + 3 + 4) / 4 == pytest.approx(2.0)
+
+
+def test_ddk_and_the_early_check_measure_dev_rows_only(tmp_path, tiny_teacher_dir, tiny_student_dir, one_thread, monkeypatch):
+    """Every in-run measurement reads the dev rows; the before/after report reads the test rows."""
+    import distillkit.training.ddk as ddk
+    import distillkit.training.loop as loop
+
+    seen: list[set[str]] = []
+    real = ddk.measure_heldout
+
+    def spy(model, seqs, rows_by_domain, *a, **kw):
+        seen.append({seqs.sample_id[i] for rows in rows_by_domain for i in rows})
+        return real(model, seqs, rows_by_domain, *a, **kw)
+
+    monkeypatch.setattr(ddk, "measure_heldout", spy)
+    monkeypatch.setattr(loop, "measure_heldout", spy)
+    train = _score_plan_train(tmp_path, _data(tmp_path), tiny_teacher_dir, tiny_student_dir, dev_size=4)
+    from distillkit.data import load_data
+    from distillkit.data_options import DataSpec
+
+    t = load_data(DataSpec(path=str(tmp_path / "data.jsonl"), val_size=4, val_fraction=0.2, dev_size=4)).table
+    split = dict(zip(t.column("sample_id").to_pylist(), t.column("split").to_pylist()))
+    kinds = [{split[s] for s in ids} for ids in seen]
+    # before (test), before (dev, for the early check), 3 DDK updates (dev), the early check (dev), after (test)
+    assert kinds[0] == {"validation"} and kinds[-1] == {"validation"}
+    assert all(k == {"dev"} for k in kinds[1:-1]) and len(kinds) >= 5
+    assert (train / "manifest.json").is_file()
