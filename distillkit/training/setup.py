@@ -2,7 +2,7 @@
 `pipelines.train.prepare` loaded and checked), the autocast dtype, the optimizer, the checkpoint to
 resume, and the held-out before/after report.
 
-`pipelines/train.py` reads the recipe top to bottom: `prepare` (-> `Inputs`) -> `settings`
+`distillkit/pipelines/train.py` reads the recipe top to bottom: `prepare` (-> `Inputs`) -> `settings`
 (-> `parts.Settings`) -> `components` (-> `parts.Components`) -> `initial_state` (-> `TrainState`)
 -> `loop.train` -> `finish`.
 """

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
+from distillkit.choices import TEACHER_MODE, TeacherMode
 from distillkit.config import opt, to_dict
 
 Divergence = Literal["fkl", "rkl", "jsd", "skl", "srkl", "tvd", "akl", "taid"]
@@ -27,7 +28,7 @@ class TrainConfig:
     akl_mu: float = opt(0.5, "Head mass μ of akl (adaptive KL).", panel="loss")
     taid_t_start: float = opt(0.4, "TAID: initial interpolation t.", panel="loss")
     taid_t_end: float = opt(1.0, "TAID: final interpolation t.", panel="loss")
-    teacher_mode: Literal["online", "offline", "none"] = opt("online", "online: teacher forward each step; offline: the score stage's stored top-k log-probs (score --top-k); none: no teacher, plain cross-entropy on the data (an SFT baseline, or teacher correction: fine-tune the teacher itself on the distillation data, then pass its student/ directory as --teacher).", panel="loss")
+    teacher_mode: TeacherMode = opt(TEACHER_MODE, "online: teacher forward each step; offline: the score stage's stored top-k log-probs (score --top-k); none: no teacher, plain cross-entropy on the data (an SFT baseline, or teacher correction: fine-tune the teacher itself on the distillation data, then pass its student/ directory as --teacher).", panel="loss")
     sparse_tail: Literal["bucket", "renorm"] = opt("bucket", "Offline top-k: keep the teacher's tail mass as one bucket, or renormalise over the top-k.", panel="loss")
     loss_impl: Literal["chunked", "plain"] = opt("chunked", "chunked: LM head fused with the loss, chunk_size positions of logits at a time; plain: full logits (for comparison).", panel="loss")
     chunk_size: int = opt(1024, "Positions per loss chunk (chunked path).", panel="loss")
