@@ -1,4 +1,5 @@
-"""Choices and defaults the plan command shows in --help, without importing numpy or pyarrow."""
+"""Choices and defaults that the stage configs show in --help and the library reads, without importing numpy or
+pyarrow (or the stage that declares the option)."""
 
 from __future__ import annotations
 
@@ -13,5 +14,9 @@ DDK_ALPHA = 0.5
 DDK_INTERVAL = 1000
 DDK_FACTOR: DdkFactor = "ratio"
 DDK_TAU = 1.0
+# Where train's teacher signal comes from (TrainConfig.teacher_mode); the study report reads an arm's from its recipe.
+TeacherMode = Literal["online", "offline", "none"]
+TEACHER_MODE: TeacherMode = "online"
 
-__all__ = ["Measure", "MixtureKind", "DdkFactor", "DDK_ALPHA", "DDK_INTERVAL", "DDK_FACTOR", "DDK_TAU"]
+__all__ = ["Measure", "MixtureKind", "DdkFactor", "DDK_ALPHA", "DDK_INTERVAL", "DDK_FACTOR", "DDK_TAU", "TeacherMode",
+           "TEACHER_MODE"]

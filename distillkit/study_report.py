@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from distillkit.choices import TEACHER_MODE
 from distillkit.study import METRICS, PRIMARY, Metric, StudyRecipe, domain_by_seed, domain_values, summarize, value
 
 PAPER_RATIOS = (1.2, 1.8)  # DDK's per-domain ppl_S/ppl_T at the start (its Fig. 3): the regime it was published in
@@ -21,13 +22,13 @@ PAPER_RATIOS = (1.2, 1.8)  # DDK's per-domain ppl_S/ppl_T at the start (its Fig.
 
 
 def _shown(path) -> str:
-    """A recipe's path as a reader of the committed report can find it: pipelines/NAME for a packaged recipe (in the
-    repository or an installed copy), else relative to the working directory when it lies under it."""
+    """A recipe's path as a reader of the committed report can find it: distillkit/pipelines/NAME for a packaged
+    recipe (in the repository or an installed copy), else relative to the working directory when it lies under it."""
     from pathlib import Path
 
     p = Path(path).resolve()
-    if p.parent.name == "pipelines":
-        return f"pipelines/{p.name}"
+    if p.parent.name == "pipelines" and p.parent.parent.name == "distillkit":
+        return f"distillkit/pipelines/{p.name}"
     try:
         return str(p.relative_to(Path.cwd().resolve()))
     except ValueError:
@@ -204,10 +205,8 @@ _KL_APART = ("Their held-out KL is measured against the online teacher's full di
 
 
 def teacher_mode(rec: StudyRecipe, arm: str) -> str:
-    """The arm's `teacher_mode` (its override, the shared [train] value, or TrainConfig's default)."""
-    from distillkit.pipelines.train import TrainConfig
-
-    return str(rec.arms[arm].train.get("teacher_mode", rec.train.get("teacher_mode", TrainConfig.teacher_mode)))
+    """The arm's `teacher_mode` (its override, the shared [train] value, or train's default)."""
+    return str(rec.arms[arm].train.get("teacher_mode", rec.train.get("teacher_mode", TEACHER_MODE)))
 
 
 def _comparable(rec: StudyRecipe, m: Metric, arm: str, ref: str) -> bool:

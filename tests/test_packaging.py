@@ -1,4 +1,5 @@
-"""The installed layout: cli/ and pipelines/ install under the distillkit namespace, and no package is left out."""
+"""The installed layout: the tree is the import path (distillkit/ the only top-level package), no package is left
+out, and the shipped recipes are package data."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_every_package_folder_is_listed_and_mapped():
+def test_every_package_folder_is_listed_and_none_is_mapped():
     tool = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
     listed = set(tool["packages"])
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "distillkit").rglob("__init__.py")}
     assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages in pyproject.toml"
-    assert tool["package-dir"] == {"distillkit.cli": "cli", "distillkit.pipelines": "pipelines"}
-    assert {"distillkit.cli", "distillkit.pipelines"} <= listed and not {"cli", "pipelines"} & listed
+    assert listed <= found, f"{sorted(listed - found)} in [tool.setuptools] packages has no folder with an __init__.py"
+    assert "package-dir" not in tool, "the tree is the import path: no package is mapped in from another folder"
+    assert {"distillkit.cli", "distillkit.pipelines"} <= listed and {p.split(".")[0] for p in listed} == {"distillkit"}
+    assert not (ROOT / "cli").exists() and not (ROOT / "pipelines").exists()
     assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["distillkit"] == "distillkit.cli.main:main"
 
 
@@ -22,8 +25,22 @@ def test_namespace_imports_resolve_to_the_repository_folders():
     import distillkit.cli.main
     import distillkit.pipelines.recipe
 
-    assert Path(distillkit.cli.main.__file__).parent == ROOT / "cli"
-    assert Path(distillkit.pipelines.recipe.__file__).parent == ROOT / "pipelines"
+    assert Path(distillkit.cli.main.__file__).parent == ROOT / "distillkit" / "cli"
+    assert Path(distillkit.pipelines.recipe.__file__).parent == ROOT / "distillkit" / "pipelines"
+
+
+def test_shipped_recipes_are_package_data():
+    """`distillkit run demo` and `distillkit study NAME` find their recipe beside distillkit.pipelines.recipe, so
+    every *.toml there must match a package-data pattern of distillkit.pipelines (else an installed copy lacks it)."""
+    from fnmatch import fnmatch
+
+    from distillkit.pipelines.recipe import RECIPES
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["package-data"]
+    shipped = sorted(p.name for p in RECIPES.glob("*.toml"))
+    assert RECIPES == ROOT / "distillkit" / "pipelines" and {"demo.toml", "ci-smoke.toml"} <= set(shipped)
+    missing = [n for n in shipped if not any(fnmatch(n, pat) for pat in data.get("distillkit.pipelines", ()))]
+    assert not missing, f"add a pattern for {missing} to [tool.setuptools.package-data] \"distillkit.pipelines\""
 
 
 def test_cli_start_up_imports_no_heavy_library():

@@ -17,7 +17,7 @@ from distillkit.cli.main import app
 from tests.conftest import make_texts, write_jsonl
 
 runner = CliRunner()
-RECIPE = Path(__file__).resolve().parents[1] / "pipelines" / "study-ddk-demo.toml"
+RECIPE = Path(__file__).resolve().parents[1] / "distillkit" / "pipelines" / "study-ddk-demo.toml"
 NEW_METRICS = ("gap_closed_min", "gap_closed_mean", "gap_closed_sd", "kl_closed_min", "kl_closed_mean", "kl_closed_sd",
                "ratio_max")
 

@@ -1,4 +1,5 @@
-"""Knowledge-distillation losses: eight divergences, dense / chunked-fused / sparse top-k.
+"""Knowledge-distillation losses: the registered divergences (`distillkit.losses.registry`), dense /
+chunked-fused / sparse top-k.
 
 A training step calls one function, `objective(spec, student, labels, teacher, temperature=,
 kd_weight=, params=) -> (loss, kd, ce)`: the `LossSpec` picks the divergence, the KD/CE mix
@@ -19,36 +20,61 @@ The building blocks (all return fp32 scalars, mean over unmasked positions, 0 fo
 
 Temperature rule (every divergence, every path): p = softmax(z_T / T), q = softmax(z_S / T),
 loss = T² · D(p, q). See docs/losses.md.
+
+The registry's names (`DIVERGENCES`, `Divergence`) import without torch; every other name here loads its
+module, and torch with it, on first use (so the command line's start-up and the configs stay torch-free).
 """
 
-from distillkit.losses.dense import kd_loss
-from distillkit.losses.divergences import DIVERGENCES, Divergence
-from distillkit.losses.fused import (
-    LinearHead,
-    TeacherLogitsFn,
-    chunked_kd_and_ce,
-    chunked_kd_ce_objective,
-    chunked_kd_loss,
-)
-from distillkit.losses.objective import LossSpec, Teacher, TopKTeacher, heldout_sums, objective
-from distillkit.losses.sparse import TailMode, sparse_kd_loss
-from distillkit.losses.taid import TaidSchedule
+import sys
+import types
 
-__all__ = [
-    "DIVERGENCES",
-    "Divergence",
-    "LinearHead",
-    "LossSpec",
-    "TailMode",
-    "TaidSchedule",
-    "Teacher",
-    "TeacherLogitsFn",
-    "TopKTeacher",
-    "chunked_kd_and_ce",
-    "chunked_kd_ce_objective",
-    "chunked_kd_loss",
-    "heldout_sums",
-    "kd_loss",
-    "objective",
-    "sparse_kd_loss",
-]
+from distillkit.losses.registry import DIVERGENCES, Divergence
+
+# name -> the module of distillkit.losses that defines it (imported on first use: they import torch)
+_LAZY = {
+    "kd_loss": "dense",
+    "LinearHead": "fused",
+    "TeacherLogitsFn": "fused",
+    "chunked_kd_and_ce": "fused",
+    "chunked_kd_ce_objective": "fused",
+    "chunked_kd_loss": "fused",
+    "LossSpec": "objective",
+    "Teacher": "objective",
+    "TopKTeacher": "objective",
+    "heldout_sums": "objective",
+    "objective": "objective",
+    "TailMode": "sparse",
+    "sparse_kd_loss": "sparse",
+    "TaidSchedule": "taid",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import distillkit.losses.dense
+    import distillkit.losses.fused
+    import distillkit.losses.objective
+    import distillkit.losses.sparse
+    import distillkit.losses.taid  # noqa: F401 (every module above; _LAZY says which defines the name)
+
+    value = getattr(sys.modules[f"{__name__}.{_LAZY[name]}"], name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value) -> None:
+        # Loading a submodule binds its name on the package, and `objective` is both a submodule and the function
+        # exported here: whichever import loads the submodule first, the name stays the function's.
+        if not (isinstance(value, types.ModuleType) and name in _LAZY):
+            super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+__all__ = ["DIVERGENCES", "Divergence", *sorted(_LAZY, key=str.lower)]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from distillkit.losses.divergences import Divergence, check_temperature, resolve_params, tempered_rows
+from distillkit.losses.divergences import check_temperature, tempered_rows
+from distillkit.losses.registry import Divergence, resolve_params
 
 
 def flat_mask(mask: Tensor | None, lead_shape: tuple[int, ...], device) -> Tensor:

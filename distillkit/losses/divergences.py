@@ -3,7 +3,9 @@
 Everything here works on *normalised log-probabilities over one support* (the
 vocabulary for dense teachers, the top-k ids (+ a tail bucket) for sparse ones),
 shape [n, S] -> [n]. Temperature and the T² factor are applied by `tempered_rows`
-(dense) and `distillkit.losses.sparse` (sparse), so each formula exists once.
+(dense) and `distillkit.losses.sparse` (sparse), so each formula exists once. Each
+divergence is one function `NAME_rows(log_q, log_p, **params)`, found by the name its
+registration in `distillkit.losses.registry` gives.
 
 Conventions that keep the math finite where it is finite:
 - 0·log 0 = 0: an entry whose weight (the left argument of a KL) has probability
@@ -16,51 +18,16 @@ Conventions that keep the math finite where it is finite:
 from __future__ import annotations
 
 import math
-from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
-Divergence = Literal["fkl", "rkl", "jsd", "skl", "srkl", "tvd", "akl", "taid"]
-DIVERGENCES: tuple[str, ...] = get_args(Divergence)
-
-# Keyword parameters each divergence accepts, with defaults (None = required).
-PARAMS: dict[str, dict[str, float | None]] = {
-    "fkl": {},
-    "rkl": {},
-    "jsd": {"beta": 0.5},
-    "skl": {"alpha": 0.1},
-    "srkl": {"alpha": 0.1},
-    "tvd": {},
-    "akl": {"mu": 0.5},
-    "taid": {"t": None},
-}
+from distillkit.losses.registry import REGISTRY, registered
 
 # Stand-in for log 0 inside mixtures: finite, so -inf - -inf never makes a NaN.
 LOG_ZERO = -1e30
 # Rows per block when AKL sorts teacher probabilities (bounds the sort's memory).
 _AKL_SORT_ROWS = 256
-
-
-def resolve_params(kind: str, params: dict[str, object]) -> dict[str, float]:
-    """Check `kind` and its keyword parameters; fill defaults. Raises ValueError naming what exists."""
-    if kind not in PARAMS:
-        raise ValueError(f"unknown divergence kind={kind!r}; choose one of {', '.join(DIVERGENCES)}")
-    allowed = PARAMS[kind]
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        accepts = ", ".join(allowed) if allowed else "no parameters"
-        raise ValueError(f"divergence {kind!r} got unknown parameter(s) {unknown}; it accepts {accepts}")
-    out: dict[str, float] = {}
-    for name, default in allowed.items():
-        value = params.get(name, default)
-        if value is None:
-            raise ValueError(f"divergence {kind!r} needs {name}= (the interpolation t in [0, 1], e.g. TaidSchedule.t)")
-        value = float(value)  # accepts 0-dim tensors, e.g. a schedule's t
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"divergence {kind!r}: {name}={value} is outside [0, 1]")
-        out[name] = value
-    return out
 
 
 def check_temperature(temperature: float) -> float:
@@ -93,6 +60,24 @@ def _log_mix(log_x: Tensor, log_y: Tensor, wx: float) -> Tensor:
 def _zero_rows(log_q: Tensor) -> Tensor:
     """Zeros that stay attached to the student's graph (so backward gives zero grads, not an error)."""
     return (_finite(log_q) * 0.0).sum(-1)
+
+
+def fkl_rows(log_q: Tensor, log_p: Tensor) -> Tensor:
+    return kl_rows(log_p, log_q)
+
+
+def rkl_rows(log_q: Tensor, log_p: Tensor) -> Tensor:
+    return kl_rows(log_q, log_p)
+
+
+def skl_rows(log_q: Tensor, log_p: Tensor, alpha: float) -> Tensor:
+    """Skew KL (DistiLLM): KL(p ‖ αp + (1−α)q)."""
+    return kl_rows(log_p, _log_mix(log_p, log_q, alpha))
+
+
+def srkl_rows(log_q: Tensor, log_p: Tensor, alpha: float) -> Tensor:
+    """Skew reverse KL: KL(q ‖ (1−α)p + αq)."""
+    return kl_rows(log_q, _log_mix(log_p, log_q, 1.0 - alpha))
 
 
 def jsd_rows(log_q: Tensor, log_p: Tensor, beta: float) -> Tensor:
@@ -163,25 +148,15 @@ def taid_rows(log_q: Tensor, log_p: Tensor, t: float) -> Tensor:
     return kl_rows(log_pt, log_q)
 
 
+# Each registered divergence's function, bound by name once (a registration without its function fails here).
+_ROWS = {d.name: globals()[d.rows] for d in REGISTRY}
+
+
 def divergence_rows(log_q: Tensor, log_p: Tensor, kind: str, params: dict[str, float]) -> Tensor:
-    """Per-row divergence of student log q from teacher log p ([n, S] fp32 -> [n]), without T²."""
-    if kind == "fkl":
-        return kl_rows(log_p, log_q)
-    if kind == "rkl":
-        return kl_rows(log_q, log_p)
-    if kind == "jsd":
-        return jsd_rows(log_q, log_p, params["beta"])
-    if kind == "skl":
-        return kl_rows(log_p, _log_mix(log_p, log_q, params["alpha"]))
-    if kind == "srkl":
-        return kl_rows(log_q, _log_mix(log_p, log_q, 1.0 - params["alpha"]))
-    if kind == "tvd":
-        return tvd_rows(log_q, log_p)
-    if kind == "akl":
-        return akl_rows(log_q, log_p, params["mu"])
-    if kind == "taid":
-        return taid_rows(log_q, log_p, params["t"])
-    raise AssertionError(f"unhandled divergence {kind!r}")
+    """Per-row divergence of student log q from teacher log p ([n, S] fp32 -> [n]), without T²: the function
+    `kind` is registered with, given its parameters from `params` (resolved: `registry.resolve_params`)."""
+    reg = registered(kind)
+    return _ROWS[reg.name](log_q, log_p, **{p.name: params[p.name] for p in reg.params})
 
 
 def tempered_rows(

@@ -32,13 +32,8 @@ import torch
 from torch import Tensor
 
 from distillkit.losses.dense import common_vocab, flat_mask
-from distillkit.losses.divergences import (
-    Divergence,
-    check_temperature,
-    fkl_rows_and_grad,
-    resolve_params,
-    tempered_rows,
-)
+from distillkit.losses.divergences import check_temperature, fkl_rows_and_grad, tempered_rows
+from distillkit.losses.registry import Divergence, resolve_params
 
 TeacherLogitsFn = Callable[[Tensor], Tensor]
 """Teacher logits on demand: given flat position indices [n] (into the B*L grid,

@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from distillkit.losses.dense import kd_loss
-from distillkit.losses.divergences import check_temperature, resolve_params
+from distillkit.losses.divergences import check_temperature
 from distillkit.losses.fused import LinearHead, TeacherLogitsFn, chunked_kd_ce_objective, chunked_kd_loss, fused_head_objective
+from distillkit.losses.registry import resolve_params
 from distillkit.losses.sparse import (
     TailMode,
     check_sampled,

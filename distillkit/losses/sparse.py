@@ -57,8 +57,9 @@ import torch
 from torch import Tensor
 
 from distillkit.losses.dense import common_vocab, flat_mask
-from distillkit.losses.divergences import LOG_ZERO, Divergence, _log_mix, check_temperature, divergence_rows, resolve_params
+from distillkit.losses.divergences import LOG_ZERO, _log_mix, check_temperature, divergence_rows
 from distillkit.losses.fused import LinearHead, fused_head_losses
+from distillkit.losses.registry import Divergence, resolve_params
 
 TailMode = Literal["bucket", "renorm"]
 TAIL_MODES: tuple[str, ...] = ("bucket", "renorm")

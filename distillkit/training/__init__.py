@@ -2,5 +2,5 @@
 the training loop over frozen `Settings`, `Components` and one `TrainState`, checkpoints, DDK
 re-measurement, and torch.distributed helpers.
 
-`pipelines/train.py` is the recipe that wires them together; each module can be used and tested on its own.
+`distillkit/pipelines/train.py` is the recipe that wires them together; each module can be used and tested on its own.
 """

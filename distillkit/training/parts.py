@@ -1,7 +1,8 @@
 """What the training loop runs over: its frozen `Settings`, the `Corpus` it draws from and the run's `Components`.
 
-Built by `distillkit.training.setup` from the train config, read by the loop (`loop.train`) and the early held-out
-check (`early_check`). Kept apart from the loop so that neither the setup nor the check has to import it.
+Built from the train config by `distillkit.pipelines.train` (`make_settings`, `make_components`), read by the loop
+(`loop.train`), the early held-out check (`early_check`) and `setup`'s held-out report and checkpoint lookup. Kept
+apart from the loop so that neither the setup nor the check has to import it.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The train recipe's typed inputs and the pieces it assembles the loop from: `Inputs` (what
-`pipelines.train.prepare` loaded and checked), the autocast dtype, the optimizer, the checkpoint to
-resume, and the held-out before/after report.
+`distillkit.pipelines.train.prepare` loaded and checked), the student's compute precision (`precision_choice`),
+the peak learning rate (`lr_choice`), the optimizer (`adamw`), the checkpoint to resume, and the held-out
+before/after report.
 
-`pipelines/train.py` reads the recipe top to bottom: `prepare` (-> `Inputs`) -> `settings`
-(-> `parts.Settings`) -> `components` (-> `parts.Components`) -> `initial_state` (-> `TrainState`)
+`distillkit/pipelines/train.py` reads the recipe top to bottom: `prepare` (-> `Inputs`) -> `make_settings`
+(-> `parts.Settings`) -> `make_components` (-> `parts.Components`) -> `initial_state` (-> `TrainState`)
 -> `loop.train` -> `finish`.
 """
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Inputs:
-    """What `pipelines.train.prepare` loaded and checked (before the output is touched)."""
+    """What `distillkit.pipelines.train.prepare` loaded and checked (before the output is touched)."""
 
     plan: Artifact
     scores: Artifact
@@ -82,10 +83,6 @@ def precision_choice(precision: str, device: str) -> tuple[torch.dtype | None, s
                                 else "bf16 autocast (auto: the CPU has native bf16, avx512_bf16/amx_bf16)")
     return None, ("fp32 (auto: the GPU has no bf16)" if cuda
                   else "fp32 (auto: the CPU has no native bf16; emulated bf16 would be slower)")
-
-
-def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
-    return precision_choice(precision, device)[0]
 
 
 # The learning rate by the student's state, when --lr is not given (docs/train.md, "Starting from a trained
@@ -150,4 +147,4 @@ def heldout_report(parts: Components, settings: Settings, state: TrainState, wit
             "kl": [float(x) for x in kl] if kl is not None else None, **{f"overall_{k}": v for k, v in held.overall().items()}}
 
 
-__all__ = ["Inputs", "autocast_dtype", "adamw", "checkpoint_to_resume", "heldout_report", "lr_choice"]
+__all__ = ["Inputs", "adamw", "checkpoint_to_resume", "heldout_report", "lr_choice", "precision_choice"]

@@ -66,7 +66,7 @@ class GlobalRNG:
 
 @dataclass
 class TrainState:
-    """The mutable state of a run; `pipelines/train.py` starts it fresh, `load_state_dict` resumes it."""
+    """The mutable state of a run; `distillkit/pipelines/train.py` starts it fresh, `load_state_dict` resumes it."""
 
     sampler: CurriculumSampler = component()  # stage, position in every domain's stream, current domain weights
     mixer: DomainMixer = component()  # DDK weights and their history (-> mixture.arrow)

@@ -111,7 +111,7 @@ def _annotation(key: Key) -> tuple[Any, bool]:
         return Optional[str], False
     if tp in (bool, int, float, str):
         return Optional[tp], False
-    raise TypeError(f"{key.name}: no command-line option for type {tp!r}; give it a supported type (see cli/options.py)")
+    raise TypeError(f"{key.name}: no command-line option for type {tp!r}; give it a supported type (see distillkit/cli/options.py)")
 
 
 def _metavar(key: Key) -> str | None:

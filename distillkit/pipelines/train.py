@@ -357,6 +357,7 @@ def _on_policy(cfg: TrainConfig, inputs: Inputs):
 def make_components(cfg: TrainConfig, inputs: Inputs, settings: Settings, dist: DistInfo) -> Components:
     """The wrapped student with its loss, the teacher source, the stages and LR schedule, the optimizer factory."""
     from distillkit.losses import LossSpec
+    from distillkit.losses.registry import config_params
     from distillkit.training import distributed as D
     from distillkit.training.parts import Components, Corpus
     from distillkit.training.schedule import LRSchedule, plan_stages
@@ -370,7 +371,7 @@ def make_components(cfg: TrainConfig, inputs: Inputs, settings: Settings, dist: 
 
         console.print(f"train: lr {why}", highlight=False)
     lr = LRSchedule(peak, stages, cfg.warmup_fraction, cfg.min_lr_ratio, settings.restart_optimizer)
-    spec = LossSpec(cfg.loss, _divergence_params(cfg), cfg.loss_form, cfg.loss_impl, inputs.vocab_size, cfg.chunk_size,
+    spec = LossSpec(cfg.loss, config_params(cfg.loss, cfg), cfg.loss_form, cfg.loss_impl, inputs.vocab_size, cfg.chunk_size,
                     cfg.sparse_tail, store=inputs.topk.store if inputs.topk is not None else "topk")
     model = D.wrap(StudentLoss(inputs.student, spec), dist, cfg.strategy)
     teacher, eval_teacher = teacher_sources(inputs.teacher, cfg.loss_impl)
@@ -416,12 +417,6 @@ def initial_state(cfg: TrainConfig, inputs: Inputs) -> TrainState:
     sampler = CurriculumSampler(inputs.domain_codes, inputs.stages, mixer.weights, cfg.seed)
     taid = TaidSchedule(cfg.taid_t_start, cfg.taid_t_end) if cfg.loss == "taid" else None
     return TrainState(sampler=sampler, mixer=mixer, taid=taid)
-
-
-def _divergence_params(cfg: TrainConfig) -> dict[str, float]:
-    """The chosen divergence's own parameters (distillkit.losses rejects any other)."""
-    return {"jsd": {"beta": cfg.jsd_beta}, "skl": {"alpha": cfg.skew_alpha}, "srkl": {"alpha": cfg.skew_alpha},
-            "akl": {"mu": cfg.akl_mu}}.get(cfg.loss, {})
 
 
 def finish(cfg: TrainConfig, inputs: Inputs, parts: Components, settings: Settings, state: TrainState,

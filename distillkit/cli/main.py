@@ -1,5 +1,5 @@
 """`distillkit` entry point. torch and the model libraries are imported inside commands; the stage config classes
-(imported here to generate each command's options, cli/options.py) import none of them."""
+(imported here to generate each command's options, distillkit/cli/options.py) import none of them."""
 
 from __future__ import annotations
 

@@ -7,9 +7,9 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
+from distillkit.choices import TEACHER_MODE, TeacherMode
 from distillkit.config import opt, to_dict
-
-Divergence = Literal["fkl", "rkl", "jsd", "skl", "srkl", "tvd", "akl", "taid"]
+from distillkit.losses.registry import Divergence, choices_help, option_problems
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class TrainConfig:
     teacher: str = opt(None, "Teacher model: HF directory, .gguf file, or alias (smollm2-135m).", panel="models")
     student: str = opt(None, "Student model to train (HF directory, .gguf, alias), e.g. from `distillkit prune`.", panel="models")
     out: str = opt(None, "Output artifact directory.", panel="output")
-    loss: Divergence = opt("fkl", "Divergence D: fkl, rkl, jsd (jsd_beta), skl / srkl (skew_alpha), tvd, akl (akl_mu), taid.", panel="loss")
+    loss: Divergence = opt("fkl", f"Divergence D: {choices_help()}.", panel="loss")
     loss_form: Literal["pocl", "additive"] = opt("pocl", "pocl: (1-λ)·CE + λ·D with λ, T from the plan's stage; additive: CE + λ·D (DDK Eq. 3 with λ = γ).", panel="loss")
     kd_weight: float | None = opt(None, "Fixed λ (or γ for additive) instead of the plan's per-stage value; DDK's Eq. 3: 0.2 with loss_form = additive.", panel="loss")
     temperature: float | None = opt(None, "Fixed temperature T instead of the plan's per-stage value.", panel="loss")
@@ -27,7 +27,7 @@ class TrainConfig:
     akl_mu: float = opt(0.5, "Head mass μ of akl (adaptive KL).", panel="loss")
     taid_t_start: float = opt(0.4, "TAID: initial interpolation t.", panel="loss")
     taid_t_end: float = opt(1.0, "TAID: final interpolation t.", panel="loss")
-    teacher_mode: Literal["online", "offline", "none"] = opt("online", "online: teacher forward each step; offline: the score stage's stored top-k log-probs (score --top-k); none: no teacher, plain cross-entropy on the data (an SFT baseline, or teacher correction: fine-tune the teacher itself on the distillation data, then pass its student/ directory as --teacher).", panel="loss")
+    teacher_mode: TeacherMode = opt(TEACHER_MODE, "online: teacher forward each step; offline: the score stage's stored top-k log-probs (score --top-k); none: no teacher, plain cross-entropy on the data (an SFT baseline, or teacher correction: fine-tune the teacher itself on the distillation data, then pass its student/ directory as --teacher).", panel="loss")
     sparse_tail: Literal["bucket", "renorm"] = opt("bucket", "Offline top-k: keep the teacher's tail mass as one bucket, or renormalise over the top-k.", panel="loss")
     loss_impl: Literal["chunked", "plain"] = opt("chunked", "chunked: LM head fused with the loss, chunk_size positions of logits at a time; plain: full logits (for comparison).", panel="loss")
     chunk_size: int = opt(1024, "Positions per loss chunk (chunked path).", panel="loss")
@@ -84,9 +84,10 @@ class TrainConfig:
             problems.append(f"steps must be >= 1, got {self.steps}")
         if self.lr is not None and not self.lr > 0:
             problems.append(f"lr must be > 0, got {self.lr}")
-        for n in ("min_lr_ratio", "warmup_fraction", "jsd_beta", "skew_alpha", "akl_mu"):
+        for n in ("min_lr_ratio", "warmup_fraction"):
             if not 0.0 <= getattr(self, n) <= 1.0:
                 problems.append(f"{n} must be in [0, 1], got {getattr(self, n)}")
+        problems += option_problems(self)  # the options of the divergences' parameters (distillkit.losses.registry)
         if not 0.0 <= self.taid_t_start <= self.taid_t_end <= 1.0:
             problems.append(f"need 0 <= taid_t_start <= taid_t_end <= 1, got {self.taid_t_start}, {self.taid_t_end}")
         if self.kd_weight is not None and (self.kd_weight < 0 or (self.loss_form == "pocl" and self.kd_weight > 1)):

@@ -10,7 +10,7 @@ import typer
 
 STATE = {"debug": False}
 
-# The stage commands' common options are generated with their config keys (cli/options.py); prune declares its own.
+# The stage commands' common options are generated with their config keys (distillkit/cli/options.py); prune declares its own.
 
 
 def err(message: str) -> None:
