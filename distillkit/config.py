@@ -30,11 +30,26 @@ C = TypeVar("C")
 _MISSING = object()
 
 
-def opt(default: Any, help: str, *, panel: str | None = None, **kw: Any) -> Any:
-    """A dataclass field with help text (shown by ``--help`` and ``--print-config``) and its ``--help`` panel."""
+Identity = Any  # True | False | "non-default" | Callable[[config], bool]
+
+
+def opt(default: Any, help: str, *, panel: str | None = None, identity: Identity = True, **kw: Any) -> Any:
+    """A dataclass field with help text (shown by ``--help`` and ``--print-config``), its ``--help`` panel, and
+    whether it is part of the stage artifact's identity (`identity(cfg)`, what a finished artifact must match):
+
+    - ``True`` (default): always;
+    - ``False``: never (where the output goes, how fast, how it is displayed);
+    - ``"non-default"``: only when set to something other than its default, so that artifacts made before the
+      option existed keep their identity;
+    - a callable ``cfg -> bool``: only when it holds (e.g. a setting that only matters while another is on).
+    """
     if isinstance(default, (list, dict, set)):
         raise TypeError("use tuples for sequence defaults in frozen configs")
+    if not (isinstance(identity, bool) or identity == "non-default" or callable(identity)):
+        raise TypeError(f"identity must be True, False, 'non-default' or a callable, got {identity!r}")
     meta = {"help": help, **kw}
+    if identity is not True:
+        meta["identity"] = identity
     if panel is not None:
         meta["panel"] = panel
     return dataclasses.field(default=default, metadata=meta)
@@ -324,6 +339,31 @@ def to_dict(cfg: Any) -> dict[str, Any]:
         else:
             out[f.name] = conv(v)
     return out
+
+
+def identity(cfg: Any) -> dict[str, Any]:
+    """The config keys that make a stage artifact what it is (`to_dict` values), each as its option declares
+    (`opt(identity=...)`): one rule for every stage, no hand-kept skip lists; the stage adds its inputs' own
+    fingerprints."""
+    values = to_dict(cfg)
+    out: dict[str, Any] = {}
+    for name, key in keys(type(cfg)).items():
+        rule = key.field.metadata.get("identity", True)
+        if rule is False:
+            continue
+        if rule == "non-default" and not key.required and values[name] == to_dict_value(key.default):
+            continue
+        if callable(rule) and not rule(cfg):
+            continue
+        out[name] = values[name]
+    return out
+
+
+def to_dict_value(v: Any) -> Any:
+    """A value as `to_dict` records it (tuples as lists, paths as strings)."""
+    if isinstance(v, tuple):
+        return [to_dict_value(x) for x in v]
+    return str(v) if isinstance(v, Path) else v
 
 
 def config_sha256(cfg_dict: dict[str, Any]) -> str:

@@ -32,10 +32,12 @@ class DataOptions:
     val_fraction: float = opt(0.1, "Largest fraction of a domain held out for validation.", panel="data")
     dev_size: int = opt(0, "Dev documents per domain, drawn after the held-out (test) slice from what would be training rows: "
                            "every decision made during a run (DDK re-weighting, the early check) reads dev, reports read the "
-                           "held-out test slice (0: no dev split; DDK then refuses).", panel="data")
+                           "held-out test slice (0: no dev split; DDK then reads the test slice, with a note).", panel="data",
+                           identity="non-default")
     chat_template: Literal["auto", "off"] = opt("auto", "Prompt/response data: wrap each prompt in the tokenizer's chat template "
                                                 "(a user turn + the assistant header) when it has one; the response ends "
-                                                "with EOS either way. off: the prompt as the data gives it.", panel="data")
+                                                "with EOS either way. off: the prompt as the data gives it.", panel="data",
+                                                identity=False)  # score/eval record whether a template was applied
     max_per_domain: int | None = opt(None, "Use at most this many documents per domain, before the held-out split "
                                            "(deterministic subsample).", panel="data")
     seed: int = opt(0, "Seed of the held-out split and the per-domain subsample (eval: also of lm-eval's sampling).", panel="data")

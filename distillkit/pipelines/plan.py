@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from distillkit.config import opt, to_dict
+from distillkit.config import identity, opt, to_dict
 from distillkit.pipelines.stage import StageResult, result
 from distillkit.choices import DDK_ALPHA, DDK_FACTOR, DDK_INTERVAL, DDK_TAU, DdkFactor, Measure, MixtureKind
 
@@ -30,14 +30,19 @@ if TYPE_CHECKING:
 KIND = "plan"
 
 
+def _ddk_factor_counts(c: "PlanConfig") -> bool:
+    """The factor and its τ count only away from the paper's factor, so plans made before the keys stay complete."""
+    return (c.ddk_factor, c.ddk_tau) != (DDK_FACTOR, DDK_TAU)
+
+
 @dataclass(frozen=True)
 class PlanConfig:
     scores: str = opt(None, "Score artifact directory (written by `distillkit score`).", panel="inputs")
-    out: str = opt(None, "Output artifact directory.", panel="output")
+    out: str = opt(None, "Output artifact directory.", panel="output", identity=False)
     measure: Measure = opt("auto", "Difficulty measure: rrf (ROUGE-L + student CE, POCL), student_ce, ppl_ratio, nll_gap; auto = rrf when the scores have ROUGE-L, else student_ce.", panel="curriculum")
     stages: int = opt(4, "Number of curriculum stages S; stage s trains on the easiest (s+1)/S of every domain.", panel="curriculum")
     curriculum: bool = opt(True, "false: one stage with all training data (the no-curriculum ablation).", panel="curriculum")
-    pools: Literal["growing", "full"] = opt("growing", "growing: stage s trains on the easiest (s+1)/S (POCL); full: every stage trains on all training data in no order -- the stage schedule (T, λ, optimizer restarts) without the curriculum, an ablation.", panel="curriculum")
+    pools: Literal["growing", "full"] = opt("growing", "growing: stage s trains on the easiest (s+1)/S (POCL); full: every stage trains on all training data in no order -- the stage schedule (T, λ, optimizer restarts) without the curriculum, an ablation.", panel="curriculum", identity="non-default")
     stage_length: float | None = opt(None, "Training length of each stage, in stage_unit (default: 1 epoch; required for steps).", panel="curriculum")
     stage_unit: Literal["epochs", "steps"] = opt("epochs", "Unit of stage_length: epochs over the stage's pool, or optimizer steps.", panel="curriculum")
     restart_optimizer: bool = opt(False, "Restart optimizer and LR schedule at each stage (POCL's reference code does).", panel="curriculum")
@@ -46,8 +51,8 @@ class PlanConfig:
     kd_weight_start: float = opt(0.7, "KD weight λ of the first stage: loss = (1-λ)·CE + λ·KD.", panel="schedule")
     kd_weight_end: float = opt(1.0, "KD weight λ of the last stage (linear in between).", panel="schedule")
     mixture: MixtureKind = opt("ddk", "Domain mixture: ddk (DDK's discrepancy factor of the student/teacher perplexity ratio, see ddk_factor), uniform, proportional (by training tokens).", panel="mixture")
-    ddk_factor: DdkFactor = opt(DDK_FACTOR, "DDK factor: ratio = the paper's Eq. 1/2, softmax(ppl_S/ppl_T); log-ratio = weights ∝ (ppl_S/ppl_T)^(1/τ), bounded for large gaps (freshly pruned students). Used for the initial weights and train's re-weighting.", panel="mixture")
-    ddk_tau: float = opt(DDK_TAU, "Temperature τ > 0 of the log-ratio factor (1: weights ∝ the ratio; larger is flatter). Only with ddk_factor = log-ratio.", panel="mixture")
+    ddk_factor: DdkFactor = opt(DDK_FACTOR, "DDK factor: ratio = the paper's Eq. 1/2, softmax(ppl_S/ppl_T); log-ratio = weights ∝ (ppl_S/ppl_T)^(1/τ), bounded for large gaps (freshly pruned students). Used for the initial weights and train's re-weighting.", panel="mixture", identity=_ddk_factor_counts)
+    ddk_tau: float = opt(DDK_TAU, "Temperature τ > 0 of the log-ratio factor (1: weights ∝ the ratio; larger is flatter). Only with ddk_factor = log-ratio.", panel="mixture", identity=_ddk_factor_counts)
     ddk_alpha: float = opt(DDK_ALPHA, "DDK Eq. 2 smoothing α, for train's re-weighting.", panel="mixture")
     ddk_interval: int = opt(DDK_INTERVAL, "DDK re-measurement interval K in steps, for train.", panel="mixture")
     ddk_smoothing: bool = opt(True, "DDK factor smoothing (Eq. 2); false re-applies Eq. 1 at each interval.", panel="mixture")
@@ -218,9 +223,7 @@ def run(cfg: PlanConfig, resume: bool = False, overwrite: bool = False) -> Stage
         rrf_k=cfg.rrf_k if measure == "rrf" else None,
     )
 
-    ident = {k: v for k, v in to_dict(cfg).items() if k != "out" and not (k == "pools" and v == "growing")}
-    if (cfg.ddk_factor, cfg.ddk_tau) == (DDK_FACTOR, DDK_TAU):  # the paper's factor: plans made before the keys stay complete
-        del ident["ddk_factor"], ident["ddk_tau"]
+    ident = identity(cfg)  # each option says whether it counts (opt(identity=...))
     ident["scores_manifest_sha256"] = scores.sha256
     writer = ArtifactWriter(cfg.out, KIND, ident, inputs=[scores], resume=resume, overwrite=overwrite)
     if writer.done:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from distillkit.config import group, opt, to_dict
+from distillkit.config import group, identity, opt, to_dict
 from distillkit.data_options import DataOptions
 from distillkit.pipelines.stage import StageResult, result
 from distillkit.errors import ConfigError
@@ -29,38 +29,53 @@ from distillkit.records import ScoreRecord, TopKInfo
 KIND = "score"
 
 
+def _stores_topk(c: "ScoreConfig") -> bool:
+    """topk_format counts only when a top-k is stored."""
+    return bool(c.top_k)
+
+
+def _sampled_store(c: "ScoreConfig") -> bool:
+    """The sampled store's keys count only with teacher_store = sampled (older top-k artifacts keep their identity)."""
+    return c.teacher_store == "sampled"
+
+
+def _teacher_responses(c: "ScoreConfig") -> bool:
+    """Sequence-level KD's keys count only with responses = teacher."""
+    return c.responses == "teacher"
+
+
 @dataclass(frozen=True)
 class ScoreConfig:
     data: str = opt(None, "Data set: JSONL/Parquet/Arrow/CSV file, save_to_disk dir, or a folder of text files.", panel="data")
     teacher: str = opt(None, "Teacher model: HF directory, .gguf file, or alias (smollm2-135m).", panel="models")
     student: str = opt(None, "Student model: HF directory, .gguf file, or alias.", panel="models")
-    out: str = opt(None, "Output artifact directory.", panel="output")
-    engine: Literal["auto", "hf", "vllm"] = opt("auto", "Inference engine: vllm when it imports and a GPU is present, else hf.", panel="runtime")
+    out: str = opt(None, "Output artifact directory.", panel="output", identity=False)
+    engine: Literal["auto", "hf", "vllm"] = opt("auto", "Inference engine: vllm when it imports and a GPU is present, else hf.", panel="runtime", identity=False)
     dtype: Literal["auto", "float32", "bfloat16"] = opt("auto", "Model dtype for scoring (auto: bf16 where the hardware runs it fast).",
                                                         panel="runtime")
     # text_field ... seed: shared with eval, which must split the data the same way.
     data_opts: DataOptions = group(DataOptions)
     max_length: int = opt(1024, "Truncate each sample to this many tokens.", panel="data")
-    batch_tokens: int = opt(8192, "Padded tokens per forward batch (hf engine).", panel="runtime")
+    batch_tokens: int = opt(8192, "Padded tokens per forward batch (hf engine).", panel="runtime", identity=False)
     chunk_size: int = opt(256, "Samples per resumable chunk.", panel="runtime")
     top_k: int = opt(0, "Store the teacher's top-k log-probs per position (0: off).", panel="scoring")
     topk_format: Literal["uint8", "float16"] = opt("uint8", "Stored top-k log-probs: uint8 codes on a per-position log grid (~3x smaller), or float16.",
-                                                   panel="scoring")
+                                                   panel="scoring", identity=_stores_topk)
     teacher_store: Literal["topk", "sampled"] = opt("topk", "What is stored of the teacher for offline KD: topk (with --top-k K), or sampled: --sample-count tokens drawn per position from the T = 1 teacher (unbiased for fkl/skl at T = 1; hf engine).",
-                                                    panel="scoring")
+                                                    panel="scoring", identity=_sampled_store)
     sample_count: int = opt(12, "teacher_store = sampled: draws per position (1..255); the distinct ids, their counts and log-probs are stored.",
-                            panel="scoring")
+                            panel="scoring", identity=_sampled_store)
     sample_scheme: Literal["stratified", "iid"] = opt("stratified", "teacher_store = sampled: stratified (one draw per 1/n slice of the CDF: lower variance) or iid (independent draws, as in the paper).",
-                                                      panel="scoring")
+                                                      panel="scoring", identity=_sampled_store)
     sample_seed: int = opt(0, "teacher_store = sampled: seed of the draws (with the sample id, so a sample's draws do not depend on chunk, shard or batch).",
-                           panel="scoring")
+                           panel="scoring", identity=_sampled_store)
     rouge: Literal["auto", "on", "off"] = opt("auto", "ROUGE-L of the student's greedy answer (auto: on for prompt/response data).",
                                               panel="scoring")
     gen_max_new_tokens: int = opt(64, "Longest student generation for ROUGE-L.", panel="scoring")
     responses: Literal["data", "teacher"] = opt("data", "Training responses: the data's own, or teacher: the teacher's greedy answer to each training prompt replaces it (sequence-level KD; prompt/response data; written to responses.arrow, which train reads back). Held-out rows keep the data's answers.",
-                                                panel="scoring")
+                                                panel="scoring", identity=_teacher_responses)
     response_max_new_tokens: int = opt(256, "responses = teacher: longest teacher answer (also capped at max_length minus the prompt).",
-                                       panel="scoring")
+                                       panel="scoring", identity=_teacher_responses)
     shard: str = opt("0/1", "Score slice i of n of the data ('i/n'); join the shards with --merge.", panel="shards")
 
     def validate(self) -> list[str]:
@@ -106,10 +121,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-# Config keys that do not change results (where and how fast), left out of the identity hash.
-_NOT_IDENTITY = ("out", "batch_tokens", "engine")
-_SAMPLED_KEYS = ("teacher_store", "sample_count", "sample_scheme", "sample_seed")
-_RESPONSE_KEYS = ("responses", "response_max_new_tokens")
 
 
 def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> StageResult:
@@ -130,18 +141,9 @@ def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> S
     tok = load_tokenizer(str(teacher_dir))
     check_same_tokenizer(tok, load_tokenizer(str(student_dir)), cfg.teacher, cfg.student)
 
-    ident = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IDENTITY}
-    if not cfg.top_k:  # nothing stored: the format does not change the artifact
-        ident.pop("topk_format")
-    if cfg.teacher_store == "topk":  # artifacts made before the sampled store keep their identity
-        for key in _SAMPLED_KEYS:
-            ident.pop(key)
-    if cfg.responses == "data":  # artifacts made before sequence-level KD keep their identity
-        for key in _RESPONSE_KEYS:
-            ident.pop(key)
-    for key, off in (("dev_size", 0), ("chat_template", "off")):  # artifacts made before these keys keep their identity
-        if ident.get(key) == off or (key == "chat_template" and ds.format == "text"):
-            ident.pop(key, None)
+    ident = identity(cfg)  # each option says whether it counts (opt(identity=...))
+    if uses_chat_template(cfg.data_opts.chat_template, tok, ds.format):
+        ident["chat_template"] = cfg.data_opts.chat_template  # prompts were wrapped: other tokens than before the option
     ident["data_fingerprint"] = ds.fingerprint
     ident["teacher_fingerprint"] = model_fingerprint(teacher_dir)
     ident["student_fingerprint"] = model_fingerprint(student_dir)

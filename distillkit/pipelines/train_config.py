@@ -12,12 +12,28 @@ from distillkit.config import opt, to_dict
 from distillkit.losses.registry import Divergence, choices_help, option_problems
 
 
+def _on_policy_run(c: "TrainConfig") -> bool:
+    """Generation settings change nothing while on_policy = 0: they count only for on-policy runs, so off-policy
+    artifacts made before the options existed are still recognised as complete."""
+    return c.on_policy != 0
+
+
+def _gen_engine_counts(c: "TrainConfig") -> bool:
+    """The answer source counts on on-policy runs away from its default (transformers generate), so on-policy
+    artifacts made before vLLM generation existed are still recognised as complete."""
+    return c.on_policy != 0 and c.gen_engine != "hf"
+
+
+def _gen_refresh_counts(c: "TrainConfig") -> bool:
+    return c.on_policy != 0 and c.gen_refresh_every != 1
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     plan: str = opt(None, "Plan artifact directory (from `distillkit plan`); it names its scores and, through them, the data.", panel="inputs")
     teacher: str = opt(None, "Teacher model: HF directory, .gguf file, or alias (smollm2-135m).", panel="models")
     student: str = opt(None, "Student model to train (HF directory, .gguf, alias), e.g. from `distillkit prune`.", panel="models")
-    out: str = opt(None, "Output artifact directory.", panel="output")
+    out: str = opt(None, "Output artifact directory.", panel="output", identity=False)
     loss: Divergence = opt("fkl", f"Divergence D: {choices_help()}.", panel="loss")
     loss_form: Literal["pocl", "additive"] = opt("pocl", "pocl: (1-λ)·CE + λ·D with λ, T from the plan's stage; additive: CE + λ·D (DDK Eq. 3 with λ = γ).", panel="loss")
     kd_weight: float | None = opt(None, "Fixed λ (or γ for additive) instead of the plan's per-stage value; DDK's Eq. 3: 0.2 with loss_form = additive.", panel="loss")
@@ -34,7 +50,7 @@ class TrainConfig:
     steps: int | None = opt(None, "Optimizer steps (default: the plan's stages, each stage_length long).", panel="optimizer")
     batch_size: int = opt(8, "Global batch: sequences per optimizer step over all processes and accumulation steps.", panel="optimizer")
     grad_accum: int = opt(1, "Micro-batches per process per step (micro-batch = batch_size / (processes × grad_accum)).", panel="optimizer")
-    pack: bool = opt(False, "Pack each micro-batch's samples into as few rows as fit its longest sample (positions restart per sample, attention stays inside it): the same losses and gradients on fewer padded positions; pays off on data of uneven lengths (prompt/response). Also the held-out passes and the on-policy batches of the student's answers. Needs transformers >= 4.54.", panel="optimizer")
+    pack: bool = opt(False, "Pack each micro-batch's samples into as few rows as fit its longest sample (positions restart per sample, attention stays inside it): the same losses and gradients on fewer padded positions; pays off on data of uneven lengths (prompt/response). Also the held-out passes and the on-policy batches of the student's answers. Needs transformers >= 4.54.", panel="optimizer", identity="non-default")
     seq_len: int = opt(256, "Train on the first seq_len tokens of each sample as the score stage tokenized it (so at most its max_length).", panel="optimizer")
     lr: float | None = opt(None, "Peak learning rate (AdamW). Default by the student's scored gap to the teacher: 1e-4 for a student far from it (perplexity ratio >= 2, e.g. freshly pruned), 1e-5 for one already close (a trained student); printed before training.", panel="optimizer")
     min_lr_ratio: float = opt(0.1, "Cosine schedule ends at min_lr_ratio × lr.", panel="optimizer")
@@ -46,29 +62,29 @@ class TrainConfig:
     ddk_interval: int | None = opt(None, "DDK re-measurement interval K in steps (default: the plan's).", panel="mixture")
     ddk_alpha: float | None = opt(None, "DDK Eq. 2 smoothing α (default: the plan's).", panel="mixture")
     ddk_smoothing: bool | None = opt(None, "DDK factor smoothing (default: the plan's); false re-applies Eq. 1.", panel="mixture")
-    ddk_factor: Literal["ratio", "log-ratio"] | None = opt(None, "DDK factor of the re-weighting: ratio (the paper's Eq. 2, ψ = r·exp(ppl_S/ppl_T)) or log-ratio (ψ = r·(ppl_S/ppl_T)^(1/τ)) (default: the plan's).", panel="mixture")
-    ddk_tau: float | None = opt(None, "Temperature τ > 0 of the log-ratio factor (default: the plan's; unused by ratio).", panel="mixture")
+    ddk_factor: Literal["ratio", "log-ratio"] | None = opt(None, "DDK factor of the re-weighting: ratio (the paper's Eq. 2, ψ = r·exp(ppl_S/ppl_T)) or log-ratio (ψ = r·(ppl_S/ppl_T)^(1/τ)) (default: the plan's).", panel="mixture", identity="non-default")
+    ddk_tau: float | None = opt(None, "Temperature τ > 0 of the log-ratio factor (default: the plan's; unused by ratio).", panel="mixture", identity="non-default")
     heldout_docs: int | None = opt(None, "Use at most this many held-out documents per domain for DDK and the before/after report.", panel="held-out")
-    on_policy: float = opt(0.0, "On-policy share λ (GKD's lmbda): this share of steps trains on the student's own answers, scored by the online teacher; 0 = off-policy only, 1 = every step.", panel="on-policy")
-    gen_max_new_tokens: int = opt(64, "On-policy: new tokens the student generates per prompt (prompt + these must fit seq_len).", panel="on-policy")
-    gen_temperature: float = opt(1.0, "On-policy: sampling temperature of the student's answers (0 = greedy).", panel="on-policy")
-    gen_top_p: float = opt(1.0, "On-policy: nucleus top-p of the student's answers (1 = off).", panel="on-policy")
-    gen_engine: Literal["hf", "vllm"] = opt("hf", "On-policy: who generates the student's answers. hf: transformers generate on the training model (always current weights); vllm: a vLLM engine holding a copy of the student, its weights replaced in place every gen_refresh_every steps (needs vllm; single process).", panel="on-policy")
-    gen_refresh_every: int = opt(1, "On-policy with gen_engine = vllm: push the student's weights into vLLM when they are this many optimizer steps old (1: every step, exactly on-policy; resume is exact only at 1).", panel="on-policy")
-    prefix_tokens: int | None = opt(None, "On-policy on plain text: the student continues the first N tokens of each document (prompt/response data uses the prompt).", panel="on-policy")
+    on_policy: float = opt(0.0, "On-policy share λ (GKD's lmbda): this share of steps trains on the student's own answers, scored by the online teacher; 0 = off-policy only, 1 = every step.", panel="on-policy", identity=_on_policy_run)
+    gen_max_new_tokens: int = opt(64, "On-policy: new tokens the student generates per prompt (prompt + these must fit seq_len).", panel="on-policy", identity=_on_policy_run)
+    gen_temperature: float = opt(1.0, "On-policy: sampling temperature of the student's answers (0 = greedy).", panel="on-policy", identity=_on_policy_run)
+    gen_top_p: float = opt(1.0, "On-policy: nucleus top-p of the student's answers (1 = off).", panel="on-policy", identity=_on_policy_run)
+    gen_engine: Literal["hf", "vllm"] = opt("hf", "On-policy: who generates the student's answers. hf: transformers generate on the training model (always current weights); vllm: a vLLM engine holding a copy of the student, its weights replaced in place every gen_refresh_every steps (needs vllm; single process).", panel="on-policy", identity=_gen_engine_counts)
+    gen_refresh_every: int = opt(1, "On-policy with gen_engine = vllm: push the student's weights into vLLM when they are this many optimizer steps old (1: every step, exactly on-policy; resume is exact only at 1).", panel="on-policy", identity=_gen_refresh_counts)
+    prefix_tokens: int | None = opt(None, "On-policy on plain text: the student continues the first N tokens of each document (prompt/response data uses the prompt).", panel="on-policy", identity=_on_policy_run)
     eval_heldout: bool = opt(True, "Measure held-out perplexity and KL to the teacher per domain before and after training.", panel="held-out")
     eval_batch_size: int = opt(8, "Sequences per batch in held-out measurements.", panel="held-out")
-    early_check: int = opt(10, "After this many steps, re-measure the held-out 'before' rows and warn if the KL to the teacher (else the student NLL) rose: the student may already be trained (0: off; needs eval_heldout; a shorter run compares before and after).", panel="held-out")
-    early_check_stop: bool = opt(False, "Stop the run (exit 1, checkpoint kept) when the early held-out check finds a rise.", panel="held-out")
+    early_check: int = opt(10, "After this many steps, re-measure the held-out 'before' rows and warn if the KL to the teacher (else the student NLL) rose: the student may already be trained (0: off; needs eval_heldout; a shorter run compares before and after).", panel="held-out", identity=False)
+    early_check_stop: bool = opt(False, "Stop the run (exit 1, checkpoint kept) when the early held-out check finds a rise.", panel="held-out", identity=False)
     seed: int = opt(0, "Seed for sampling, initialisation of anything random, and dropout.", panel="optimizer")
-    save_every: int = opt(100, "Checkpoint every N steps (0: only at the end).", panel="output")
-    keep_checkpoints: int = opt(1, "Keep the newest N checkpoints.", panel="output")
-    log_every: int = opt(10, "Print a log line every N steps when stderr is not a terminal.", panel="output")
+    save_every: int = opt(100, "Checkpoint every N steps (0: only at the end).", panel="output", identity=False)
+    keep_checkpoints: int = opt(1, "Keep the newest N checkpoints.", panel="output", identity=False)
+    log_every: int = opt(10, "Print a log line every N steps when stderr is not a terminal.", panel="output", identity=False)
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: cuda:LOCAL_RANK when a GPU is present, else cpu.", panel="runtime")
     teacher_dtype: Literal["auto", "float32", "bfloat16"] = opt("auto", "Teacher weights dtype (auto: bf16 where the hardware runs it fast).", panel="runtime")
     precision: Literal["auto", "fp32", "bf16"] = opt("auto", "Student forward: bf16 autocast or fp32 (auto: bf16 where the GPU or CPU runs it natively, avx512_bf16/amx_bf16; fp32 elsewhere); weights stay fp32.", panel="runtime")
     strategy: Literal["ddp", "fsdp2"] = opt("ddp", "Under torchrun: ddp (replicated student) or fsdp2 (sharded, for students that do not fit one GPU).", panel="runtime")
-    tensorboard: bool = opt(False, "Also write TensorBoard scalars to <out>.partial/tensorboard (needs the tensorboard package).", panel="output")
+    tensorboard: bool = opt(False, "Also write TensorBoard scalars to <out>.partial/tensorboard (needs the tensorboard package).", panel="output", identity=False)
     record_batches: bool = opt(True, "Record which samples each step drew (batches.arrow).", panel="output")
 
     def validate(self) -> list[str]:
@@ -146,26 +162,12 @@ class TrainConfig:
         return problems
 
 
-# Keys that change neither the result nor its identity: where it goes and how it is displayed/saved/watched.
-_NOT_IDENTITY = ("out", "save_every", "keep_checkpoints", "log_every", "tensorboard", "early_check", "early_check_stop")
-# Generation settings change nothing while on_policy = 0: left out of the identity then, so off-policy
-# artifacts made before these options existed are still recognised as complete.
-_ON_POLICY_KEYS = ("on_policy", "gen_max_new_tokens", "gen_temperature", "gen_top_p", "prefix_tokens", "gen_engine",
-                   "gen_refresh_every")
-# The answer source's keys at their defaults (transformers generate) leave the identity too, so on-policy
-# artifacts made before vLLM generation existed are still recognised as complete.
-_GEN_ENGINE_DEFAULTS = {"gen_engine": "hf", "gen_refresh_every": 1}
-# Packing computes the same losses (up to float order); off, it stays out of the identity so artifacts made
-# before the option existed are still recognised as complete.
-_PACK_KEYS = ("pack",)
-
-
 def identity(cfg: TrainConfig) -> dict:
-    """The config keys that decide the result (the inputs' own identity is added by the caller)."""
-    skip = _NOT_IDENTITY + (_ON_POLICY_KEYS if cfg.on_policy == 0 else ()) + (() if cfg.pack else _PACK_KEYS)
-    unset = ("ddk_factor", "ddk_tau")  # None = the plan's, which the plan's hash already covers
-    return {k: v for k, v in to_dict(cfg).items() if k not in skip and not (k in unset and v is None)
-            and not (k in _GEN_ENGINE_DEFAULTS and v == _GEN_ENGINE_DEFAULTS[k])}
+    """The config keys that decide the result, each as its option declares (`opt(identity=...)`); the inputs' own
+    identity is added by the caller."""
+    from distillkit.config import identity as declared
+
+    return declared(cfg)
 
 
 __all__ = ["Divergence", "TrainConfig", "identity"]
