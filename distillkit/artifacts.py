@@ -62,7 +62,18 @@ def temp_name(path: Path) -> Path:
 
 
 def _is_temp(p: Path) -> bool:
-    return p.name.startswith(".") and p.name.rsplit(".tmp", 1)[-1].isdigit() and ".tmp" in p.name
+    """A write's temp copy (``.NAME.tmp<pid>``) or a replaced copy renamed aside to be deleted (``.NAME.old<pid>``)."""
+    return p.name.startswith(".") and any(tag in p.name and p.name.rsplit(tag, 1)[-1].isdigit() for tag in (".tmp", ".old"))
+
+
+def remove_path(p: Path) -> None:
+    """Delete `p` whatever it is: a directory tree, a file, or a symbolic link (the link only, never what it
+    points to; `shutil.rmtree` refuses a link and, with ignore_errors, would silently leave it). Never raises."""
+    with contextlib.suppress(OSError):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -416,10 +427,7 @@ class ArtifactWriter:
     def _remove_temp_files(self) -> None:
         for p in list(self.partial.rglob(".*")):
             if _is_temp(p):
-                if p.is_dir():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    p.unlink(missing_ok=True)
+                remove_path(p)
 
     # --- parts
     def path(self, name: str) -> Path:
@@ -443,7 +451,9 @@ class ArtifactWriter:
         self._remove_temp_files()
         files = []
         for fp in sorted(self.partial.rglob("*")):
-            if not fp.is_file() or fp.name in (RUN_STATE, MANIFEST) or fp.name.startswith("."):
+            parts = fp.relative_to(self.partial).parts
+            # hidden files and everything in a hidden directory (a temp or renamed-aside copy) are no part of it
+            if not fp.is_file() or fp.name in (RUN_STATE, MANIFEST) or any(p.startswith(".") for p in parts):
                 continue
             rel = fp.relative_to(self.partial).as_posix()
             rows = None

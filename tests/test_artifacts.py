@@ -138,3 +138,18 @@ def test_non_artifact_out_refused(tmp_path):
     with pytest.raises(OutputExists, match="not a distillkit artifact"):
         _write(out)
     assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_finish_never_lists_files_of_hidden_directories(tmp_path):
+    """A hidden directory in the partial (a temp or renamed-aside copy, e.g. a checkpoint being deleted) is no part
+    of the artifact: none of its files is listed, and a renamed-aside (``.NAME.old<pid>``) one is deleted."""
+    out = tmp_path / "art"
+    w = ArtifactWriter(out, "demo", {"a": 1})
+    w.write("samples.arrow", _table())
+    for hidden in ("checkpoints/.step-00000002.old4242", ".cache"):
+        (w.path(hidden)).mkdir(parents=True)
+        (w.path(hidden) / "model.pt").write_bytes(b"left by a killed run")
+    w.finish()
+    assert [f["name"] for f in read_artifact(out, "demo").manifest["files"]] == ["samples.arrow"]
+    assert not (out / "checkpoints" / ".step-00000002.old4242").exists()
+
