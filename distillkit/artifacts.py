@@ -41,10 +41,21 @@ RUN_STATE = "run.json"  # inside <out>.partial: the config of the interrupted ru
 _LIBS = ("torch", "transformers", "pyarrow", "numpy", "datasets", "vllm", "lm_eval")
 
 
-def partial_dir(out: str | Path) -> Path:
-    """Where a stage writing `out` keeps its unfinished work (``<out>.partial``, beside `out`): what
-    ``--resume`` continues, and what readers and recipes look for to tell interrupted from absent."""
+def output_dir(out: str | Path) -> Path:
+    """The directory a stage asked to write `out` really writes: `out`, or where it points when it is a symbolic
+    link (``ln -s BIGDISK/T L; --out L``: T, followed through every hop, also when T does not exist yet). The one
+    place outputs are resolved: `partial_dir`, the lock (`distillkit.locks.lock_path`) and `ArtifactWriter` (its
+    work, its final swap) all go through it, so the work and the result land on the target's disk, the link
+    stays a link, and nothing is left beside it."""
     out = Path(out)
+    return Path(os.path.realpath(out)) if out.is_symlink() else out
+
+
+def partial_dir(out: str | Path) -> Path:
+    """Where a stage writing `out` keeps its unfinished work (``<out>.partial``, beside `out`, or beside the target
+    of a symlinked `out`: `output_dir`): what ``--resume`` continues, and what readers and recipes look for to tell
+    interrupted from absent."""
+    out = output_dir(out)
     return out.with_name(out.name + ".partial")
 
 
@@ -287,7 +298,7 @@ class ArtifactWriter:
     ) -> None:
         from distillkit import locks
 
-        self.out = Path(out)
+        self.out = output_dir(out)  # a symlinked --out: its target (the link stays)
         self.kind = kind
         self.config = config
         self.config_sha = config_sha256(config)
@@ -328,7 +339,7 @@ class ArtifactWriter:
         for old in self.out.parent.glob(f".{self.out.name}.old*"):
             pid = old.name.rsplit(".old", 1)[-1]
             if pid.isdigit() and int(pid) != os.getpid():
-                shutil.rmtree(old, ignore_errors=True)
+                remove_path(old)
         if not self.out.exists() and (self.partial / MANIFEST).is_file():
             (self.partial / RUN_STATE).unlink(missing_ok=True)
             os.replace(self.partial, self.out)
@@ -484,7 +495,7 @@ class ArtifactWriter:
             os.replace(self.out, old)
         os.replace(self.partial, self.out)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_path(old)
         self.close()
         return self.out
 

@@ -153,3 +153,37 @@ def test_finish_never_lists_files_of_hidden_directories(tmp_path):
     assert [f["name"] for f in read_artifact(out, "demo").manifest["files"]] == ["samples.arrow"]
     assert not (out / "checkpoints" / ".step-00000002.old4242").exists()
 
+
+def _siblings(*dirs):
+    return {d: sorted(p.name for p in d.iterdir()) for d in dirs}
+
+
+@pytest.mark.parametrize("how", ["existing target, relative link", "dangling link", "link to a link"])
+def test_a_symlinked_out_is_written_through_and_stays_a_link(tmp_path, how):
+    """``ln -s BIGDISK/T L; ... --out L``: the work (``.partial``, lock) and the result land in T, L stays the link,
+    and no ``.old`` / ``.tmp`` / ``.partial`` sibling survives a finished run, a re-run or an --overwrite."""
+    import os
+
+    big, runs = tmp_path / "bigdisk", tmp_path / "runs"
+    big.mkdir()
+    runs.mkdir()
+    target, link = big / "T", runs / "L"
+    if how == "existing target, relative link":
+        target.mkdir()
+        link.symlink_to(os.path.relpath(target, runs))
+    elif how == "dangling link":
+        link.symlink_to(target)
+    else:
+        (big / "hop").symlink_to(target)
+        link.symlink_to(big / "hop")
+    w = ArtifactWriter(link, "demo", {"a": 1})
+    assert w.partial == partial_dir(link) == big / "T.partial"
+    w.write("samples.arrow", _table())
+    w.finish()
+    expected = {runs: ["L"], big: ["T"] if how != "link to a link" else ["T", "hop"]}
+    assert link.is_symlink() and (target / "manifest.json").is_file() and _siblings(runs, big) == expected
+    assert read_artifact(link, "demo").table("samples.arrow").equals(_table())
+    assert _write(link).done and _siblings(runs, big) == expected  # same config: nothing to do
+    _write(link, {"a": 2}, overwrite=True)  # the swap of a finished artifact for a new one
+    assert link.is_symlink() and read_artifact(link, "demo").config == {"a": 2} and _siblings(runs, big) == expected
+

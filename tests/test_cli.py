@@ -137,3 +137,26 @@ def test_log_output_is_not_wrapped_at_80_columns(columns, width):
     r = subprocess.run([sys.executable, "-c", "from distillkit.progress import console; print(console.width)"],
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and int(r.stdout) == width, r.stderr
+
+
+def _error_line(r) -> str:
+    lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.output, r.output
+    return lines[0]
+
+
+def test_score_into_a_symlinked_out_fills_the_target_and_keeps_the_link(tmp_path, text_jsonl, tiny_teacher_dir,
+                                                                          tiny_student_dir):
+    """``ln -s BIGDISK/T L; distillkit score ... --out L``: the artifact is written in T (its ``.partial`` too), L stays
+    the link, and no ``.L.old<pid>`` / ``.tmp`` / ``.partial`` is left beside either, also after --overwrite."""
+    big = tmp_path / "bigdisk"
+    (big / "T").mkdir(parents=True)
+    link = tmp_path / "L"
+    link.symlink_to(big / "T")
+    beside = sorted(p.name for p in tmp_path.iterdir())
+    for extra in ([], ["--overwrite"]):  # the first run, then the swap of a finished artifact for a new one
+        r = _invoke(*_score_args(text_jsonl, tiny_teacher_dir, tiny_student_dir, link, "--max-length", "32", *extra))
+        assert r.exit_code == 0, r.output
+        assert link.is_symlink() and (big / "T" / "manifest.json").is_file() and read_artifact(link, "score")
+        assert sorted(p.name for p in tmp_path.iterdir()) == beside and [p.name for p in big.iterdir()] == ["T"], extra
+
