@@ -23,7 +23,7 @@ import sys
 import weakref
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 import pyarrow as pa
@@ -57,6 +57,28 @@ def partial_dir(out: str | Path) -> Path:
     interrupted from absent."""
     out = output_dir(out)
     return out.with_name(out.name + ".partial")
+
+
+def artifact_file(root: str | Path, name: Any, manifest: str | Path | None = None) -> Path:
+    """The path of the file called `name` in the manifest of the artifact at `root`: the one check that every
+    reader of a manifest's file names goes through (`read_artifact`, `Artifact.file` / `table`, `verify_files`).
+    A name is a relative path inside the artifact: an absolute one, one with a '..' part, or one that resolves
+    outside `root` (through a symbolic link) is refused with an `ArtifactError` naming the manifest and the name,
+    so no reader ever opens, hashes or copies a file outside the artifact because a manifest says so."""
+    root = Path(root)
+    where = Path(manifest) if manifest is not None else root / MANIFEST
+    ok = isinstance(name, str) and name not in ("", ".") and "\x00" not in name
+    if ok:
+        rel = PurePosixPath(name)
+        ok = not rel.is_absolute() and ".." not in rel.parts
+    if ok:
+        path = root / name
+        ok = path.resolve().is_relative_to(root.resolve())
+    if not ok:
+        raise ArtifactError(f"{where} lists a file named {name!r}, which is outside the artifact {root} (an absolute path, "
+                            "a '..' or a link out of it): that manifest was edited or not written by distillkit; rerun the "
+                            f"stage that wrote {root} with --overwrite")
+    return path
 
 
 def sha256_file(path: str | Path, bufsize: int = 1 << 20) -> str:
@@ -189,12 +211,16 @@ class Artifact:
     def files(self, prefix: str = "") -> list[str]:
         return sorted(f["name"] for f in self.manifest["files"] if f["name"].startswith(prefix))
 
+    def file(self, name: str) -> Path:
+        """Where the manifest's file `name` is: inside the artifact, or an `ArtifactError` (`artifact_file`)."""
+        return artifact_file(self.path, name)
+
     def table(self, name: str, columns: dict[str, pa.DataType] | None = None, verify: bool = True) -> pa.Table:
         """Read one Arrow file, checking its hash, row count and (optionally) column types."""
         entry = next((f for f in self.manifest["files"] if f["name"] == name), None)
         if entry is None:
             raise ArtifactError(f"{self.path} has no {name} (it holds: {', '.join(self.files()) or 'nothing'})")
-        p = self.path / name
+        p = self.file(name)
         if verify and sha256_file(p) != entry["sha256"]:
             raise ArtifactError(f"{p} was modified after it was written (sha256 differs from manifest.json); rerun the stage with --overwrite")
         try:
@@ -252,7 +278,7 @@ def read_artifact(path: str | Path, kind: str | tuple[str, ...] | None = None) -
             f"{p} has schema version {manifest['schema_version']}, this distillkit reads up to {SCHEMA_VERSION}: upgrade distillkit"
         )
     for f in manifest["files"]:
-        fp = p / f["name"]
+        fp = artifact_file(p, f.get("name") if isinstance(f, dict) else None, mpath)
         if not fp.is_file():
             raise ArtifactError(f"{p} is damaged: {f['name']} is missing; rerun the stage with --overwrite")
         if fp.stat().st_size != f["bytes"]:
@@ -512,7 +538,7 @@ def verify_files(path: Path, files: list[dict[str, Any]]) -> str | None:
             name, size = f["name"], f["bytes"]
         except (KeyError, TypeError):
             return f"{MANIFEST} has a malformed files entry"
-        fp = path / name
+        fp = artifact_file(path, name)
         if not fp.is_file():
             return f"{name} is missing"
         actual = fp.stat().st_size

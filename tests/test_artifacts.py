@@ -187,3 +187,38 @@ def test_a_symlinked_out_is_written_through_and_stays_a_link(tmp_path, how):
     _write(link, {"a": 2}, overwrite=True)  # the swap of a finished artifact for a new one
     assert link.is_symlink() and read_artifact(link, "demo").config == {"a": 2} and _siblings(runs, big) == expected
 
+
+@pytest.mark.parametrize("name", ["topk/../../../secret.txt", "../secret.txt", "/ABS/secret.txt", "sub/../../secret.txt",
+                                  "link/secret.txt", "", None])
+def test_manifest_file_names_outside_the_artifact_are_refused(tmp_path, name):
+    """Every reader of a manifest's file names (read_artifact, Artifact.table / file, the writer's reuse check) goes
+    through one check: no absolute path, no '..', nothing that resolves outside the artifact (a symlink)."""
+    import hashlib
+    import json
+
+    out = tmp_path / "a" / "b" / "art"
+    out.parent.mkdir(parents=True)
+    _write(out)
+    (out / "topk").mkdir()
+    for where in (tmp_path / "a", tmp_path / "a" / "b"):  # where each name leads
+        (where / "secret.txt").write_text("not yours")
+    secret = tmp_path / "a" / "secret.txt"
+    (out / "link").symlink_to(secret.parent)
+    if name is not None:
+        name = name.replace("/ABS", str(tmp_path / "a"))
+    m = json.loads((out / "manifest.json").read_text())
+    m["files"].append({"name": name, "rows": None, "bytes": secret.stat().st_size,
+                       "sha256": hashlib.sha256(secret.read_bytes()).hexdigest()})
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError) as e:
+        read_artifact(out, "demo")
+    msg = str(e.value)
+    assert repr(name) in msg and "outside" in msg and "--overwrite" in msg and "\n" not in msg, msg
+    with pytest.raises(ArtifactError, match="outside"):  # the writer's check of a complete artifact it would reuse
+        _write(out)
+    from distillkit.artifacts import Artifact
+
+    art = Artifact(out, m)  # a reader handed a manifest directly
+    for read in (lambda: art.table(name), lambda: art.file(name)):
+        with pytest.raises(ArtifactError, match="outside"):
+            read()

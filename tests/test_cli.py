@@ -160,3 +160,35 @@ def test_score_into_a_symlinked_out_fills_the_target_and_keeps_the_link(tmp_path
         assert link.is_symlink() and (big / "T" / "manifest.json").is_file() and read_artifact(link, "score")
         assert sorted(p.name for p in tmp_path.iterdir()) == beside and [p.name for p in big.iterdir()] == ["T"], extra
 
+
+def test_manifest_names_outside_the_artifact_are_refused_by_merge_inspect_and_plan(tmp_path, text_jsonl, tiny_teacher_dir,
+                                                                                    tiny_student_dir):
+    """A shard whose manifest lists ``topk/../../../secret.txt``: ``score --merge`` copies nothing (exit 2, one line
+    naming the name and the fix), and ``inspect`` and ``plan`` refuse the artifact the same way."""
+    import hashlib
+    import json
+
+    shards = []
+    for i in range(2):
+        shards.append(tmp_path / "a" / "b" / f"shard{i}")
+        r = _invoke(*_score_args(text_jsonl, tiny_teacher_dir, tiny_student_dir, shards[-1], "--max-length", "32",
+                                 "--top-k", "2", "--shard", f"{i}/2"))
+        assert r.exit_code == 0, r.output
+    secret = tmp_path / "a" / "secret.txt"  # shard0/topk/../../../secret.txt
+    secret.write_text("not part of any artifact")
+    bad = "topk/../../../secret.txt"
+    mpath = shards[0] / "manifest.json"
+    m = json.loads(mpath.read_text())
+    m["files"].append({"name": bad, "rows": None, "bytes": secret.stat().st_size,
+                       "sha256": hashlib.sha256(secret.read_bytes()).hexdigest()})
+    mpath.write_text(json.dumps(m))
+    merged = tmp_path / "merged"
+    runs = {"merge": ["score", "--merge", shards[0], "--merge", shards[1], "--out", merged],
+            "inspect": ["inspect", shards[0]], "plan": ["plan", "--scores", shards[0], "--out", tmp_path / "plan"]}
+    for what, args in runs.items():
+        r = _invoke(*args)
+        assert r.exit_code == 2, (what, r.output)
+        line = _error_line(r)
+        assert repr(bad) in line and "outside the artifact" in line and "--overwrite" in line, (what, line)
+    assert not merged.exists() and not (tmp_path / "merged.partial").exists() and not (tmp_path / "plan").exists()
+    assert [p.name for p in tmp_path.rglob("secret*")] == ["secret.txt"]

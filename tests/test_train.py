@@ -443,6 +443,25 @@ def test_plan_from_other_scores_is_refused(pipeline, tmp_path):
     assert not (tmp_path / "train").exists() and not (tmp_path / "train.partial").exists()
 
 
+def test_a_plan_whose_manifest_names_a_file_outside_it_is_refused(pipeline, tmp_path):
+    """train reads the plan's (and the scores') file names through the one check: exit 2, one line, nothing written."""
+    import json
+    import shutil
+
+    fake = tmp_path / "plan"
+    shutil.copytree(pipeline["plan"], fake)
+    m = json.loads((fake / "manifest.json").read_text())
+    m["files"][0]["name"] = "../" + m["files"][0]["name"]
+    shutil.copyfile(fake / m["files"][0]["name"][3:], tmp_path / m["files"][0]["name"][3:])  # the file it now points at
+    (fake / "manifest.json").write_text(json.dumps(m))
+    cfg = cfg_for(pipeline, tmp_path / "train", plan=str(fake), steps=2)
+    r = runner.invoke(app, _args(cfg))
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert r.exit_code == 2 and len(errors) == 1, r.output
+    assert repr(m["files"][0]["name"]) in errors[0] and "outside the artifact" in errors[0] and "--overwrite" in errors[0]
+    assert not (tmp_path / "train").exists() and not (tmp_path / "train.partial").exists()
+
+
 # --------------------------------------------------------------------------- TrainState: the checkpoint's trainer state
 
 
