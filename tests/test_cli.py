@@ -192,3 +192,28 @@ def test_manifest_names_outside_the_artifact_are_refused_by_merge_inspect_and_pl
         assert repr(bad) in line and "outside the artifact" in line and "--overwrite" in line, (what, line)
     assert not merged.exists() and not (tmp_path / "merged.partial").exists() and not (tmp_path / "plan").exists()
     assert [p.name for p in tmp_path.rglob("secret*")] == ["secret.txt"]
+
+
+def test_top_k_above_the_vocabulary_is_refused_before_the_models_load(tmp_path, monkeypatch, text_jsonl, tiny_teacher_dir,
+                                                                       tiny_student_dir):
+    """--top-k larger than the teacher's vocabulary (vocab_size in its config.json, at most the tokenizer's size): exit 2
+    with one line naming --top-k and the size, before any model loads; nothing written, so no --overwrite is needed."""
+    import json
+
+    import transformers
+
+    vocab = json.loads((tiny_teacher_dir / "config.json").read_text())["vocab_size"]
+
+    def no_load(*a, **k):
+        raise AssertionError("a model was loaded before --top-k was checked")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_load)
+    out = tmp_path / "score"
+    r = _invoke(*_score_args(text_jsonl, tiny_teacher_dir, tiny_student_dir, out, "--top-k", str(vocab + 1)))
+    assert r.exit_code == 2, r.output
+    line = _error_line(r)
+    assert f"--top-k {vocab + 1}" in line and str(vocab) in line and "config.json" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no out, no .partial, no lock
+    monkeypatch.undo()
+    r = _invoke(*_score_args(text_jsonl, tiny_teacher_dir, tiny_student_dir, out, "--top-k", str(vocab), "--max-length", "16"))
+    assert r.exit_code == 0, r.output  # the whole vocabulary is a valid top-k; no --overwrite needed
