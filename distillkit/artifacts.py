@@ -23,7 +23,7 @@ import sys
 import weakref
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 import pyarrow as pa
@@ -41,11 +41,44 @@ RUN_STATE = "run.json"  # inside <out>.partial: the config of the interrupted ru
 _LIBS = ("torch", "transformers", "pyarrow", "numpy", "datasets", "vllm", "lm_eval")
 
 
-def partial_dir(out: str | Path) -> Path:
-    """Where a stage writing `out` keeps its unfinished work (``<out>.partial``, beside `out`): what
-    ``--resume`` continues, and what readers and recipes look for to tell interrupted from absent."""
+def output_dir(out: str | Path) -> Path:
+    """The directory a stage asked to write `out` really writes: `out`, or where it points when it is a symbolic
+    link (``ln -s BIGDISK/T L; --out L``: T, followed through every hop, also when T does not exist yet). The one
+    place outputs are resolved: `partial_dir`, the lock (`distillkit.locks.lock_path`) and `ArtifactWriter` (its
+    work, its final swap) all go through it, so the work and the result land on the target's disk, the link
+    stays a link, and nothing is left beside it."""
     out = Path(out)
+    return Path(os.path.realpath(out)) if out.is_symlink() else out
+
+
+def partial_dir(out: str | Path) -> Path:
+    """Where a stage writing `out` keeps its unfinished work (``<out>.partial``, beside `out`, or beside the target
+    of a symlinked `out`: `output_dir`): what ``--resume`` continues, and what readers and recipes look for to tell
+    interrupted from absent."""
+    out = output_dir(out)
     return out.with_name(out.name + ".partial")
+
+
+def artifact_file(root: str | Path, name: Any, manifest: str | Path | None = None) -> Path:
+    """The path of the file called `name` in the manifest of the artifact at `root`: the one check that every
+    reader of a manifest's file names goes through (`read_artifact`, `Artifact.file` / `table`, `verify_files`).
+    A name is a relative path inside the artifact: an absolute one, one with a '..' part, or one that resolves
+    outside `root` (through a symbolic link) is refused with an `ArtifactError` naming the manifest and the name,
+    so no reader ever opens, hashes or copies a file outside the artifact because a manifest says so."""
+    root = Path(root)
+    where = Path(manifest) if manifest is not None else root / MANIFEST
+    ok = isinstance(name, str) and name not in ("", ".") and "\x00" not in name
+    if ok:
+        rel = PurePosixPath(name)
+        ok = not rel.is_absolute() and ".." not in rel.parts
+    if ok:
+        path = root / name
+        ok = path.resolve().is_relative_to(root.resolve())
+    if not ok:
+        raise ArtifactError(f"{where} lists a file named {name!r}, which is outside the artifact {root} (an absolute path, "
+                            "a '..' or a link out of it): that manifest was edited or not written by distillkit; rerun the "
+                            f"stage that wrote {root} with --overwrite")
+    return path
 
 
 def sha256_file(path: str | Path, bufsize: int = 1 << 20) -> str:
@@ -62,7 +95,18 @@ def temp_name(path: Path) -> Path:
 
 
 def _is_temp(p: Path) -> bool:
-    return p.name.startswith(".") and p.name.rsplit(".tmp", 1)[-1].isdigit() and ".tmp" in p.name
+    """A write's temp copy (``.NAME.tmp<pid>``) or a replaced copy renamed aside to be deleted (``.NAME.old<pid>``)."""
+    return p.name.startswith(".") and any(tag in p.name and p.name.rsplit(tag, 1)[-1].isdigit() for tag in (".tmp", ".old"))
+
+
+def remove_path(p: Path) -> None:
+    """Delete `p` whatever it is: a directory tree, a file, or a symbolic link (the link only, never what it
+    points to; `shutil.rmtree` refuses a link and, with ignore_errors, would silently leave it). Never raises."""
+    with contextlib.suppress(OSError):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -167,12 +211,16 @@ class Artifact:
     def files(self, prefix: str = "") -> list[str]:
         return sorted(f["name"] for f in self.manifest["files"] if f["name"].startswith(prefix))
 
+    def file(self, name: str) -> Path:
+        """Where the manifest's file `name` is: inside the artifact, or an `ArtifactError` (`artifact_file`)."""
+        return artifact_file(self.path, name)
+
     def table(self, name: str, columns: dict[str, pa.DataType] | None = None, verify: bool = True) -> pa.Table:
         """Read one Arrow file, checking its hash, row count and (optionally) column types."""
         entry = next((f for f in self.manifest["files"] if f["name"] == name), None)
         if entry is None:
             raise ArtifactError(f"{self.path} has no {name} (it holds: {', '.join(self.files()) or 'nothing'})")
-        p = self.path / name
+        p = self.file(name)
         if verify and sha256_file(p) != entry["sha256"]:
             raise ArtifactError(f"{p} was modified after it was written (sha256 differs from manifest.json); rerun the stage with --overwrite")
         try:
@@ -230,7 +278,7 @@ def read_artifact(path: str | Path, kind: str | tuple[str, ...] | None = None) -
             f"{p} has schema version {manifest['schema_version']}, this distillkit reads up to {SCHEMA_VERSION}: upgrade distillkit"
         )
     for f in manifest["files"]:
-        fp = p / f["name"]
+        fp = artifact_file(p, f.get("name") if isinstance(f, dict) else None, mpath)
         if not fp.is_file():
             raise ArtifactError(f"{p} is damaged: {f['name']} is missing; rerun the stage with --overwrite")
         if fp.stat().st_size != f["bytes"]:
@@ -276,7 +324,7 @@ class ArtifactWriter:
     ) -> None:
         from distillkit import locks
 
-        self.out = Path(out)
+        self.out = output_dir(out)  # a symlinked --out: its target (the link stays)
         self.kind = kind
         self.config = config
         self.config_sha = config_sha256(config)
@@ -317,7 +365,7 @@ class ArtifactWriter:
         for old in self.out.parent.glob(f".{self.out.name}.old*"):
             pid = old.name.rsplit(".old", 1)[-1]
             if pid.isdigit() and int(pid) != os.getpid():
-                shutil.rmtree(old, ignore_errors=True)
+                remove_path(old)
         if not self.out.exists() and (self.partial / MANIFEST).is_file():
             (self.partial / RUN_STATE).unlink(missing_ok=True)
             os.replace(self.partial, self.out)
@@ -416,10 +464,7 @@ class ArtifactWriter:
     def _remove_temp_files(self) -> None:
         for p in list(self.partial.rglob(".*")):
             if _is_temp(p):
-                if p.is_dir():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    p.unlink(missing_ok=True)
+                remove_path(p)
 
     # --- parts
     def path(self, name: str) -> Path:
@@ -443,7 +488,9 @@ class ArtifactWriter:
         self._remove_temp_files()
         files = []
         for fp in sorted(self.partial.rglob("*")):
-            if not fp.is_file() or fp.name in (RUN_STATE, MANIFEST) or fp.name.startswith("."):
+            parts = fp.relative_to(self.partial).parts
+            # hidden files and everything in a hidden directory (a temp or renamed-aside copy) are no part of it
+            if not fp.is_file() or fp.name in (RUN_STATE, MANIFEST) or any(p.startswith(".") for p in parts):
                 continue
             rel = fp.relative_to(self.partial).as_posix()
             rows = None
@@ -474,7 +521,7 @@ class ArtifactWriter:
             os.replace(self.out, old)
         os.replace(self.partial, self.out)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_path(old)
         self.close()
         return self.out
 
@@ -491,7 +538,7 @@ def verify_files(path: Path, files: list[dict[str, Any]]) -> str | None:
             name, size = f["name"], f["bytes"]
         except (KeyError, TypeError):
             return f"{MANIFEST} has a malformed files entry"
-        fp = path / name
+        fp = artifact_file(path, name)
         if not fp.is_file():
             return f"{name} is missing"
         actual = fp.stat().st_size

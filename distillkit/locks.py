@@ -46,8 +46,11 @@ _held: dict[str, list[int]] = {}  # absolute lock path -> [owning thread ident, 
 
 
 def lock_path(out: str | os.PathLike) -> Path:
-    """The lock file of artifact `out`: ``<out>.lock`` beside it."""
-    out = Path(out)
+    """The lock file of artifact `out`: ``<out>.lock`` beside it (beside its target when `out` is a symbolic link,
+    `distillkit.artifacts.output_dir`: the link and its target are one output, with one lock)."""
+    from distillkit.artifacts import output_dir
+
+    out = output_dir(out)
     return out.with_name(out.name + SUFFIX)
 
 

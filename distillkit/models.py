@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from distillkit.cache import build_cached_dir, cache_dir
-from distillkit.errors import ModelError, TokenizerMismatch
+from distillkit.errors import ConfigError, ModelError, TokenizerMismatch
 from distillkit.tiny import TINY_MODELS, tiny_model
 
 if TYPE_CHECKING:
@@ -364,6 +364,35 @@ def check_same_tokenizer(teacher_tok, student_tok, teacher_name: str = "teacher"
         f"(vocab {len(tv)} vs {len(sv)}; {len(diffs)} ids differ, e.g. {'; '.join(diffs[:3])}): "
         "distillation needs one tokenizer: pick a student built from the teacher's tokenizer"
     )
+
+
+def config_vocab_size(model_dir: str | os.PathLike) -> int | None:
+    """``vocab_size`` from a model directory's config.json (or its ``text_config``), read as JSON: no model
+    or transformers import. None when the config does not say."""
+    try:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for where in (cfg, cfg.get("text_config") if isinstance(cfg, dict) else None):
+        if isinstance(where, dict) and isinstance(where.get("vocab_size"), int):
+            return where["vocab_size"]
+    return None
+
+
+def check_top_k(top_k: int, teacher_dir: str | os.PathLike, tok=None, option: str = "--top-k") -> None:
+    """Refuse a top-k larger than the teacher's vocabulary before any model loads (from config.json; the
+    distributions are compared over the tokenizer's ids, so at most len(tok) when it is given)."""
+    vocab = config_vocab_size(teacher_dir)
+    sizes = [n for n in (vocab, len(tok) if tok is not None else None) if n]
+    if not top_k or not sizes or top_k <= min(sizes):
+        return
+    n = min(sizes)
+    said = [f"vocab_size {vocab} in {Path(teacher_dir) / 'config.json'}"] if vocab else []
+    if n != vocab:
+        said.insert(0, f"its tokenizer has {n} tokens")
+    where = "; ".join(said)
+    raise ConfigError(f"{option} {top_k} is more than the teacher's vocabulary of {n} tokens ({where}): "
+                      f"choose {option} of at most {n} (e.g. 32)")
 
 
 def _embedding_rows(model) -> int:

@@ -98,7 +98,9 @@ def prune_model(src_spec: str, out: str | os.PathLike, keep_layers: str | None =
     """
     if (keep_layers is None) == (drop_layers is None):
         raise ConfigError("give exactly one of keep_layers (e.g. 0-15,23-29) or drop_layers (e.g. 16-22)")
-    out = Path(out).expanduser()
+    from distillkit.artifacts import output_dir
+
+    out = output_dir(Path(out).expanduser())  # a symlinked `out`: written in its target, the link stays
     if out.parent.is_dir():  # a killed prune_model left its temp copy of the weights (its pid is in the name)
         from distillkit.cache import remove_stale_tmp
 

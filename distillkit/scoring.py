@@ -260,7 +260,7 @@ def merge_shards(dirs: list[Path], out: Path, *, overwrite: bool = False) -> Pat
             for name in a.files(f"{store}/"):
                 dst = writer.path(f"{store}/shard{i:04d}-{Path(name).name}")
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(a.path / name, dst)
+                shutil.copyfile(a.file(name), dst)
     from distillkit.seqkd import RESPONSE_COLUMNS, RESPONSES_FILE
 
     if all(RESPONSES_FILE in a.files() for a in shards):  # score --responses teacher: the shards' answers, joined

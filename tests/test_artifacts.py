@@ -138,3 +138,87 @@ def test_non_artifact_out_refused(tmp_path):
     with pytest.raises(OutputExists, match="not a distillkit artifact"):
         _write(out)
     assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_finish_never_lists_files_of_hidden_directories(tmp_path):
+    """A hidden directory in the partial (a temp or renamed-aside copy, e.g. a checkpoint being deleted) is no part
+    of the artifact: none of its files is listed, and a renamed-aside (``.NAME.old<pid>``) one is deleted."""
+    out = tmp_path / "art"
+    w = ArtifactWriter(out, "demo", {"a": 1})
+    w.write("samples.arrow", _table())
+    for hidden in ("checkpoints/.step-00000002.old4242", ".cache"):
+        (w.path(hidden)).mkdir(parents=True)
+        (w.path(hidden) / "model.pt").write_bytes(b"left by a killed run")
+    w.finish()
+    assert [f["name"] for f in read_artifact(out, "demo").manifest["files"]] == ["samples.arrow"]
+    assert not (out / "checkpoints" / ".step-00000002.old4242").exists()
+
+
+def _siblings(*dirs):
+    return {d: sorted(p.name for p in d.iterdir()) for d in dirs}
+
+
+@pytest.mark.parametrize("how", ["existing target, relative link", "dangling link", "link to a link"])
+def test_a_symlinked_out_is_written_through_and_stays_a_link(tmp_path, how):
+    """``ln -s BIGDISK/T L; ... --out L``: the work (``.partial``, lock) and the result land in T, L stays the link,
+    and no ``.old`` / ``.tmp`` / ``.partial`` sibling survives a finished run, a re-run or an --overwrite."""
+    import os
+
+    big, runs = tmp_path / "bigdisk", tmp_path / "runs"
+    big.mkdir()
+    runs.mkdir()
+    target, link = big / "T", runs / "L"
+    if how == "existing target, relative link":
+        target.mkdir()
+        link.symlink_to(os.path.relpath(target, runs))
+    elif how == "dangling link":
+        link.symlink_to(target)
+    else:
+        (big / "hop").symlink_to(target)
+        link.symlink_to(big / "hop")
+    w = ArtifactWriter(link, "demo", {"a": 1})
+    assert w.partial == partial_dir(link) == big / "T.partial"
+    w.write("samples.arrow", _table())
+    w.finish()
+    expected = {runs: ["L"], big: ["T"] if how != "link to a link" else ["T", "hop"]}
+    assert link.is_symlink() and (target / "manifest.json").is_file() and _siblings(runs, big) == expected
+    assert read_artifact(link, "demo").table("samples.arrow").equals(_table())
+    assert _write(link).done and _siblings(runs, big) == expected  # same config: nothing to do
+    _write(link, {"a": 2}, overwrite=True)  # the swap of a finished artifact for a new one
+    assert link.is_symlink() and read_artifact(link, "demo").config == {"a": 2} and _siblings(runs, big) == expected
+
+
+@pytest.mark.parametrize("name", ["topk/../../../secret.txt", "../secret.txt", "/ABS/secret.txt", "sub/../../secret.txt",
+                                  "link/secret.txt", "", None])
+def test_manifest_file_names_outside_the_artifact_are_refused(tmp_path, name):
+    """Every reader of a manifest's file names (read_artifact, Artifact.table / file, the writer's reuse check) goes
+    through one check: no absolute path, no '..', nothing that resolves outside the artifact (a symlink)."""
+    import hashlib
+    import json
+
+    out = tmp_path / "a" / "b" / "art"
+    out.parent.mkdir(parents=True)
+    _write(out)
+    (out / "topk").mkdir()
+    for where in (tmp_path / "a", tmp_path / "a" / "b"):  # where each name leads
+        (where / "secret.txt").write_text("not yours")
+    secret = tmp_path / "a" / "secret.txt"
+    (out / "link").symlink_to(secret.parent)
+    if name is not None:
+        name = name.replace("/ABS", str(tmp_path / "a"))
+    m = json.loads((out / "manifest.json").read_text())
+    m["files"].append({"name": name, "rows": None, "bytes": secret.stat().st_size,
+                       "sha256": hashlib.sha256(secret.read_bytes()).hexdigest()})
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError) as e:
+        read_artifact(out, "demo")
+    msg = str(e.value)
+    assert repr(name) in msg and "outside" in msg and "--overwrite" in msg and "\n" not in msg, msg
+    with pytest.raises(ArtifactError, match="outside"):  # the writer's check of a complete artifact it would reuse
+        _write(out)
+    from distillkit.artifacts import Artifact
+
+    art = Artifact(out, m)  # a reader handed a manifest directly
+    for read in (lambda: art.table(name), lambda: art.file(name)):
+        with pytest.raises(ArtifactError, match="outside"):
+            read()

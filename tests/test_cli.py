@@ -137,3 +137,83 @@ def test_log_output_is_not_wrapped_at_80_columns(columns, width):
     r = subprocess.run([sys.executable, "-c", "from distillkit.progress import console; print(console.width)"],
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and int(r.stdout) == width, r.stderr
+
+
+def _error_line(r) -> str:
+    lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.output, r.output
+    return lines[0]
+
+
+def test_score_into_a_symlinked_out_fills_the_target_and_keeps_the_link(tmp_path, text_jsonl, tiny_teacher_dir,
+                                                                          tiny_student_dir):
+    """``ln -s BIGDISK/T L; distillkit score ... --out L``: the artifact is written in T (its ``.partial`` too), L stays
+    the link, and no ``.L.old<pid>`` / ``.tmp`` / ``.partial`` is left beside either, also after --overwrite."""
+    big = tmp_path / "bigdisk"
+    (big / "T").mkdir(parents=True)
+    link = tmp_path / "L"
+    link.symlink_to(big / "T")
+    beside = sorted(p.name for p in tmp_path.iterdir())
+    for extra in ([], ["--overwrite"]):  # the first run, then the swap of a finished artifact for a new one
+        r = _invoke(*_score_args(text_jsonl, tiny_teacher_dir, tiny_student_dir, link, "--max-length", "32", *extra))
+        assert r.exit_code == 0, r.output
+        assert link.is_symlink() and (big / "T" / "manifest.json").is_file() and read_artifact(link, "score")
+        assert sorted(p.name for p in tmp_path.iterdir()) == beside and [p.name for p in big.iterdir()] == ["T"], extra
+
+
+def test_manifest_names_outside_the_artifact_are_refused_by_merge_inspect_and_plan(tmp_path, text_jsonl, tiny_teacher_dir,
+                                                                                    tiny_student_dir):
+    """A shard whose manifest lists ``topk/../../../secret.txt``: ``score --merge`` copies nothing (exit 2, one line
+    naming the name and the fix), and ``inspect`` and ``plan`` refuse the artifact the same way."""
+    import hashlib
+    import json
+
+    shards = []
+    for i in range(2):
+        shards.append(tmp_path / "a" / "b" / f"shard{i}")
+        r = _invoke(*_score_args(text_jsonl, tiny_teacher_dir, tiny_student_dir, shards[-1], "--max-length", "32",
+                                 "--top-k", "2", "--shard", f"{i}/2"))
+        assert r.exit_code == 0, r.output
+    secret = tmp_path / "a" / "secret.txt"  # shard0/topk/../../../secret.txt
+    secret.write_text("not part of any artifact")
+    bad = "topk/../../../secret.txt"
+    mpath = shards[0] / "manifest.json"
+    m = json.loads(mpath.read_text())
+    m["files"].append({"name": bad, "rows": None, "bytes": secret.stat().st_size,
+                       "sha256": hashlib.sha256(secret.read_bytes()).hexdigest()})
+    mpath.write_text(json.dumps(m))
+    merged = tmp_path / "merged"
+    runs = {"merge": ["score", "--merge", shards[0], "--merge", shards[1], "--out", merged],
+            "inspect": ["inspect", shards[0]], "plan": ["plan", "--scores", shards[0], "--out", tmp_path / "plan"]}
+    for what, args in runs.items():
+        r = _invoke(*args)
+        assert r.exit_code == 2, (what, r.output)
+        line = _error_line(r)
+        assert repr(bad) in line and "outside the artifact" in line and "--overwrite" in line, (what, line)
+    assert not merged.exists() and not (tmp_path / "merged.partial").exists() and not (tmp_path / "plan").exists()
+    assert [p.name for p in tmp_path.rglob("secret*")] == ["secret.txt"]
+
+
+def test_top_k_above_the_vocabulary_is_refused_before_the_models_load(tmp_path, monkeypatch, text_jsonl, tiny_teacher_dir,
+                                                                       tiny_student_dir):
+    """--top-k larger than the teacher's vocabulary (vocab_size in its config.json, at most the tokenizer's size): exit 2
+    with one line naming --top-k and the size, before any model loads; nothing written, so no --overwrite is needed."""
+    import json
+
+    import transformers
+
+    vocab = json.loads((tiny_teacher_dir / "config.json").read_text())["vocab_size"]
+
+    def no_load(*a, **k):
+        raise AssertionError("a model was loaded before --top-k was checked")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_load)
+    out = tmp_path / "score"
+    r = _invoke(*_score_args(text_jsonl, tiny_teacher_dir, tiny_student_dir, out, "--top-k", str(vocab + 1)))
+    assert r.exit_code == 2, r.output
+    line = _error_line(r)
+    assert f"--top-k {vocab + 1}" in line and str(vocab) in line and "config.json" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no out, no .partial, no lock
+    monkeypatch.undo()
+    r = _invoke(*_score_args(text_jsonl, tiny_teacher_dir, tiny_student_dir, out, "--top-k", str(vocab), "--max-length", "16"))
+    assert r.exit_code == 0, r.output  # the whole vocabulary is a valid top-k; no --overwrite needed

@@ -181,6 +181,29 @@ def test_writer_recovers_what_a_killed_writer_left(tmp_path):
     assert w.done and read_artifact(tmp_path / "b", "demo") and not (tmp_path / ".b.old999999").exists()
 
 
+def test_a_symlinked_out_and_its_target_are_one_output_with_one_lock(tmp_path, tiny_teacher_dir):
+    """``--out L`` with L -> T: the lock, the partial and the result are T's, so a writer of L and one of T exclude each
+    other; `prune_model` (the library's other whole-directory swap) writes through a link the same way."""
+    disk = tmp_path / "disk"
+    (disk / "T").mkdir(parents=True)
+    link = tmp_path / "L"
+    link.symlink_to(disk / "T")
+    assert locks.lock_path(link) == locks.lock_path(disk / "T") == disk / "T.lock"
+    w = ArtifactWriter(link, "demo", {"a": 1})
+    assert locks.live_holder(disk / "T.lock").pid == os.getpid() and not (tmp_path / "L.lock").exists()
+    w.finish()
+    from distillkit.prune import prune_model
+
+    (disk / "S").mkdir()
+    student = tmp_path / "student"
+    student.symlink_to(disk / "S")
+    for overwrite in (False, True):
+        prune_model(str(tiny_teacher_dir), student, drop_layers="1", overwrite=overwrite)
+        assert student.is_symlink() and (disk / "S" / "config.json").is_file(), overwrite
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["L", "disk", "student"], overwrite
+        assert sorted(p.name for p in disk.iterdir()) == ["S", "T"], overwrite
+
+
 # =========================================================================== 4. a killed prune leaves nothing behind
 
 

@@ -343,3 +343,23 @@ def test_model_fingerprint_sees_retrained_weights_of_the_same_shape(tmp_path, ti
             shutil.copy(f, b / f.name)
     assert sorted(x.stat().st_size for x in b.glob("*.safetensors")) == sorted(x.stat().st_size for x in a.glob("*.safetensors"))
     assert model_fingerprint(b) != model_fingerprint(a)
+
+
+def test_check_top_k_bounds_by_config_vocab_and_tokenizer(tmp_path):
+    """check_top_k reads vocab_size from config.json (top level or text_config) without loading anything; with padded
+    embeddings the tokenizer's size is the bound (distributions are compared over its ids)."""
+    from distillkit.models import check_top_k
+
+    class Tok:
+        def __len__(self):
+            return 300
+
+    for cfg in ({"vocab_size": 320}, {"text_config": {"vocab_size": 320}}):
+        (tmp_path / "config.json").write_text(json.dumps(cfg))
+        check_top_k(320, tmp_path)
+        check_top_k(0, tmp_path, Tok())
+        with pytest.raises(ConfigError, match=r"--top-k 321 is more than the teacher's vocabulary of 320 tokens.*at most 320"):
+            check_top_k(321, tmp_path)
+        check_top_k(300, tmp_path, Tok())
+        with pytest.raises(ConfigError, match=r"vocabulary of 300 tokens \(its tokenizer has 300 tokens; vocab_size 320"):
+            check_top_k(301, tmp_path, Tok())

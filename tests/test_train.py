@@ -321,6 +321,72 @@ def test_sigterm_checkpoints_after_the_step_and_resumes_bitwise(pipeline, tmp_pa
     assert np.array_equal(metrics(tmp_path / "stopped")["loss"], metrics(tmp_path / "reference")["loss"])
 
 
+class _Killed(BaseException):
+    """Where a SIGKILL would have stopped the process."""
+
+
+def test_a_kill_during_checkpoint_rotation_leaves_no_incomplete_step_dir(tmp_path, monkeypatch):
+    """Rotation renames an old checkpoint aside (``.step-N.old<pid>``, one atomic rename) before deleting it: a kill
+    in the middle of the delete leaves no ``step-N`` with files missing, and the next save removes what it left."""
+    import shutil
+
+    from distillkit.training import checkpoint as ckpt
+
+    root = tmp_path / "checkpoints"
+    sd = {"w": torch.zeros(3)}
+    ckpt.save_checkpoint(root, 1, sd, sd, {"step": 1}, {"step": 1})
+    real_rmtree = shutil.rmtree
+
+    def killed_midway(path, *a, **k):  # the first file goes, then the process dies
+        sorted(Path(path).iterdir())[0].unlink()
+        raise _Killed
+
+    for step, existing in ((2, None), (2, "step-00000002")):  # rotating step 1 out; replacing a step-2 of an older run
+        ckpt.remove_stale(root)  # what the kill left: the next save's first act (so the kill below hits the rotation)
+        monkeypatch.setattr(shutil, "rmtree", killed_midway)
+        with pytest.raises(_Killed):
+            ckpt.save_checkpoint(root, step, sd, sd, {"step": step}, {"step": step})
+        monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+        visible = [p for p in root.iterdir() if not p.name.startswith(".")]
+        assert all(all((p / f).is_file() for f in ckpt.FILES) for p in visible), sorted(root.rglob("*"))
+        assert [s for s, _ in ckpt.list_checkpoints(root)] == [2], existing
+    ckpt.save_checkpoint(root, 3, sd, sd, {"step": 3}, {"step": 3})
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000003"]
+
+
+def test_resume_sweeps_incomplete_and_renamed_aside_checkpoints_and_the_artifact_lists_none(pipeline, tmp_path):
+    """The issue's reproduction: a run stopped by SIGTERM; its checkpoint copied to ``step-00000003`` with model.pt
+    deleted (what a kill during the old rmtree rotation left), and one renamed aside by a killed rotation. --resume
+    deletes both (they are older than the newest complete one), and the final manifest lists only the last
+    checkpoint's files."""
+    import shutil
+    import signal
+
+    cfg = cfg_for(pipeline, tmp_path / "stopped", steps=300, log_every=1)
+    log = tmp_path / "stopped.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "distillkit.cli.main", *_args(cfg)], env={**_env(), "COLUMNS": "200"},
+                                cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and "step 5/300" not in log.read_text():
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, log.read_text()
+    ckpts = tmp_path / "stopped.partial" / "checkpoints"
+    [last] = list(ckpts.glob("step-*"))
+    assert int(last.name.removeprefix("step-")) >= 5
+    shutil.copytree(last, ckpts / "step-00000003")
+    (ckpts / "step-00000003" / "model.pt").unlink()
+    shutil.copytree(last, ckpts / ".step-00000002.old999999")
+
+    run(cfg, resume=True)
+    art = read_artifact(tmp_path / "stopped", "train")
+    assert {n for n in art.files() if n.startswith("checkpoints/")} == {
+        f"checkpoints/step-00000300/{f}" for f in ("model.pt", "optimizer.pt", "trainer.pt", "state.json")}
+    assert sorted(p.name for p in (tmp_path / "stopped" / "checkpoints").iterdir()) == ["step-00000300"]
+
+
 def test_a_second_signal_stops_at_once_and_handlers_are_restored():
     """In a fresh process, as a `kill` from outside meets it: the first SIGINT is recorded and announced, the
     handlers come back after the block, and a second SIGINT goes to the previous handler (KeyboardInterrupt).
@@ -440,6 +506,25 @@ def test_plan_from_other_scores_is_refused(pipeline, tmp_path):
     (fake / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ArtifactError, match="is not the one this artifact was built from"):
         run(cfg_for(pipeline, tmp_path / "train", plan=str(fake)))
+    assert not (tmp_path / "train").exists() and not (tmp_path / "train.partial").exists()
+
+
+def test_a_plan_whose_manifest_names_a_file_outside_it_is_refused(pipeline, tmp_path):
+    """train reads the plan's (and the scores') file names through the one check: exit 2, one line, nothing written."""
+    import json
+    import shutil
+
+    fake = tmp_path / "plan"
+    shutil.copytree(pipeline["plan"], fake)
+    m = json.loads((fake / "manifest.json").read_text())
+    m["files"][0]["name"] = "../" + m["files"][0]["name"]
+    shutil.copyfile(fake / m["files"][0]["name"][3:], tmp_path / m["files"][0]["name"][3:])  # the file it now points at
+    (fake / "manifest.json").write_text(json.dumps(m))
+    cfg = cfg_for(pipeline, tmp_path / "train", plan=str(fake), steps=2)
+    r = runner.invoke(app, _args(cfg))
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert r.exit_code == 2 and len(errors) == 1, r.output
+    assert repr(m["files"][0]["name"]) in errors[0] and "outside the artifact" in errors[0] and "--overwrite" in errors[0]
     assert not (tmp_path / "train").exists() and not (tmp_path / "train.partial").exists()
 
 

@@ -128,7 +128,8 @@ def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> S
     from distillkit.artifacts import ArtifactWriter
     from distillkit.assets import resolve_data
     from distillkit.data import load_data, shard_rows, tokenize, uses_chat_template
-    from distillkit.models import check_same_tokenizer, corrected_teacher, load_tokenizer, model_fingerprint, resolve_model
+    from distillkit.models import (check_same_tokenizer, check_top_k, corrected_teacher, load_tokenizer, model_fingerprint,
+                                   resolve_model)
 
     t0 = time.time()
     shard, num_shards = parse_shard(cfg.shard)
@@ -140,6 +141,7 @@ def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> S
     teacher_dir, student_dir = resolve_model(cfg.teacher, role="teacher"), resolve_model(cfg.student, role="student")
     tok = load_tokenizer(str(teacher_dir))
     check_same_tokenizer(tok, load_tokenizer(str(student_dir)), cfg.teacher, cfg.student)
+    check_top_k(cfg.top_k, teacher_dir, tok)  # before any model loads or --out is touched
 
     ident = identity(cfg)  # each option says whether it counts (opt(identity=...))
     if uses_chat_template(cfg.data_opts.chat_template, tok, ds.format):

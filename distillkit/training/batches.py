@@ -115,7 +115,7 @@ class TopKStore:
         if not parts:
             raise DataError(f"teacher_mode = 'offline' needs the teacher's stored top-k or sampled tokens, but {art.path} has "
                             "neither: rescore with --top-k K (e.g. 32) or --teacher-store sampled, or use teacher_mode = 'online'")
-        self.reader = PartReader([art.path / name for name in parts], cache_batches=cache_batches,
+        self.reader = PartReader([art.file(name) for name in parts], cache_batches=cache_batches,
                                  decode=sampled.decode_batch if self.store == "sampled" else None)
         want = {sid: i for i, sid in enumerate(seqs.sample_id)}
         self.where = np.full((len(seqs), 3), -1, dtype=np.int64)  # part, record batch, row

@@ -1,8 +1,12 @@
 """Checkpoints that survive SIGKILL: ``<dir>/step-00000050/{model,optimizer,trainer}.pt`` + ``state.json``.
 
 A checkpoint is written into a temp directory (``.step-….tmp<pid>``), its files fsynced, then
-renamed into place: a directory named ``step-*`` is always complete, a kill leaves at most a temp
-directory, which the next save or resume deletes. ``trainer.pt`` holds everything that is not
+renamed into place; one that is rotated out (or replaced) is first renamed aside (``.step-….old<pid>``)
+and only then deleted. So a directory named ``step-*`` is always complete, and a kill leaves at most a
+hidden temp or renamed-aside directory, which the next save deletes, as `sweep` does on start and resume
+together with any incomplete ``step-*`` older than the newest complete one (a damaged copy, or one left by
+an older distillkit that deleted in place); a finished run sweeps every incomplete one, so the train
+artifact never lists a file of one. ``trainer.pt`` holds everything that is not
 model or optimizer -- ``TrainState.state_dict()`` (`distillkit.training.state`): step, sampler
 position, mixture state and history, TAID state, the metrics and drawn batches so far, the
 "before" held-out report and the RNG states -- all plain types and tensors, so it loads with
@@ -14,13 +18,12 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from distillkit.artifacts import writing
+from distillkit.artifacts import remove_path, writing
 from distillkit.errors import ArtifactError
 
 PREFIX = "step-"
@@ -68,11 +71,45 @@ def _fsync_dir(path: Path) -> None:
 
 
 def remove_stale(root: Path) -> None:
-    """Delete temp directories of checkpoints that were being written when a run died."""
+    """Delete what a run killed while saving left: temp directories of checkpoints being written, and old ones
+    renamed aside to be deleted (only one process writes under `root`: its output's lock)."""
     root = Path(root)
     if root.is_dir():
-        for p in root.glob(f".{PREFIX}*.tmp*"):
-            shutil.rmtree(p, ignore_errors=True)
+        for pattern in (f".{PREFIX}*.tmp*", f".{PREFIX}*.old*"):
+            for p in root.glob(pattern):
+                remove_path(p)
+
+
+def _is_step_dir(p: Path) -> bool:
+    return p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()
+
+
+def sweep(root: Path, finished: bool = False) -> list[Path]:
+    """On start and resume: remove the leftovers of dead runs (`remove_stale`) and every incomplete ``step-*``
+    directory older than the newest complete checkpoint (nothing resumes from it, and the train artifact would
+    list its files); with `finished` (the run's last checkpoint is written) every incomplete one. Returns the
+    incomplete checkpoints removed."""
+    root = Path(root)
+    remove_stale(root)
+    if not root.is_dir():
+        return []
+    complete = {p for _, p in list_checkpoints(root)}
+    newest = max((int(p.name[len(PREFIX):]) for p in complete), default=-1)
+    removed = []
+    for p in sorted(root.iterdir()):
+        if _is_step_dir(p) and p not in complete and (finished or int(p.name[len(PREFIX):]) < newest):
+            _delete(p)
+            removed.append(p)
+    return removed
+
+
+def _delete(path: Path) -> None:
+    """Delete a checkpoint directory without ever leaving it half-deleted under its own name: rename it aside
+    (``.step-N.old<pid>``, atomic), then delete that; a kill in between leaves only the hidden copy."""
+    aside = path.with_name(f".{path.name}.old{os.getpid()}")
+    remove_path(aside)
+    os.replace(path, aside)
+    remove_path(aside)
 
 
 def save_checkpoint(root: Path, step: int, model: dict[str, Any], optimizer: dict[str, Any], trainer: dict[str, Any],
@@ -95,12 +132,15 @@ def save_checkpoint(root: Path, step: int, model: dict[str, Any], optimizer: dic
                 os.fsync(f.fileno())
         (tmp / "state.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
         _fsync_dir(tmp)
-    if final.exists():
-        shutil.rmtree(final)
+    replaced = final.with_name(f".{final.name}.old{os.getpid()}")
+    if final.exists():  # a checkpoint of this step from an earlier run: swapped out whole, then deleted
+        remove_path(replaced)
+        os.replace(final, replaced)
     os.replace(tmp, final)
     _fsync_dir(root)
+    remove_path(replaced)
     for _, old in list_checkpoints(root)[: -max(keep, 1)]:
-        shutil.rmtree(old, ignore_errors=True)
+        _delete(old)
     return final
 
 
@@ -143,4 +183,4 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 __all__ = ["checkpoint_dir", "list_checkpoints", "latest_checkpoint", "describe_latest", "save_checkpoint", "load_checkpoint",
-           "remove_stale", "rng_state", "set_rng_state", "FILES"]
+           "remove_stale", "sweep", "rng_state", "set_rng_state", "FILES"]

@@ -71,6 +71,9 @@ def train(parts: Components, settings: Settings, state: TrainState, resume_from:
     with Monitor(total, state.step, dist.is_main, settings.tensorboard_dir, settings.log_every) as monitor:
         if state.resumed_from is not None:
             monitor.note(f"resumed from step {state.resumed_from} ({resume_from})")
+        if dist.is_main:  # what killed runs left: renamed-aside and temp copies, incomplete checkpoints
+            for p in ckpt.sweep(settings.checkpoint_root):
+                monitor.note(f"removed {p}: an incomplete checkpoint older than the newest complete one (left by a killed run)")
         while state.step < total:
             t0 = time.perf_counter()
             stage = stage_at(parts.stages, state.step)
@@ -123,6 +126,8 @@ def train(parts: Components, settings: Settings, state: TrainState, resume_from:
                 if not saved:
                     save(parts, settings, state, optimizer)
                 raise stopped(settings, state, total, signum)
+    if dist.is_main:  # the last checkpoint is written: no incomplete one goes into the artifact
+        ckpt.sweep(settings.checkpoint_root, finished=True)
     return state
 
 
