@@ -32,6 +32,7 @@ import pyarrow.ipc as ipc
 from distillkit import __version__
 from distillkit.config import config_sha256
 from distillkit.errors import ArtifactError, DamagedOutput, DiskFull, OutputExists, is_disk_full
+from distillkit.locks import output_dir  # noqa: F401  (re-exported: where a stage really writes --out)
 
 # 2: score top-k parts in the compact format (uint16 ids, uint8 log-prob codes, tail mass; distillkit.topk).
 SCHEMA_VERSION = 2
@@ -39,16 +40,6 @@ MANIFEST = "manifest.json"
 RUN_STATE = "run.json"  # inside <out>.partial: the config of the interrupted run
 
 _LIBS = ("torch", "transformers", "pyarrow", "numpy", "datasets", "vllm", "lm_eval")
-
-
-def output_dir(out: str | Path) -> Path:
-    """The directory a stage asked to write `out` really writes: `out`, or where it points when it is a symbolic
-    link (``ln -s BIGDISK/T L; --out L``: T, followed through every hop, also when T does not exist yet). The one
-    place outputs are resolved: `partial_dir`, the lock (`distillkit.locks.lock_path`) and `ArtifactWriter` (its
-    work, its final swap) all go through it, so the work and the result land on the target's disk, the link
-    stays a link, and nothing is left beside it."""
-    out = Path(out)
-    return Path(os.path.realpath(out)) if out.is_symlink() else out
 
 
 def partial_dir(out: str | Path) -> Path:

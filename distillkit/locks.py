@@ -45,10 +45,19 @@ _mutex = threading.Lock()
 _held: dict[str, list[int]] = {}  # absolute lock path -> [owning thread ident, re-entry count]
 
 
+def output_dir(out: str | Path) -> Path:
+    """The directory a stage asked to write `out` really writes: `out`, or where it points when it is a symbolic
+    link (``ln -s BIGDISK/T L; --out L``: T, followed through every hop, also when T does not exist yet). The one
+    place outputs are resolved: `partial_dir`, the lock (`lock_path`) and `ArtifactWriter` (its
+    work, its final swap) all go through it, so the work and the result land on the target's disk, the link
+    stays a link, and nothing is left beside it."""
+    out = Path(out)
+    return Path(os.path.realpath(out)) if out.is_symlink() else out
+
+
 def lock_path(out: str | os.PathLike) -> Path:
     """The lock file of artifact `out`: ``<out>.lock`` beside it (beside its target when `out` is a symbolic link,
-    `distillkit.artifacts.output_dir`: the link and its target are one output, with one lock)."""
-    from distillkit.artifacts import output_dir
+    `output_dir`: the link and its target are one output, with one lock)."""
 
     out = output_dir(out)
     return out.with_name(out.name + SUFFIX)

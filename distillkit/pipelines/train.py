@@ -345,7 +345,7 @@ def _on_policy(cfg: TrainConfig, inputs: Inputs):
     """The on-policy generation settings, or None for an off-policy run."""
     if cfg.on_policy == 0:
         return None
-    from distillkit.evaluation.generation import eos_ids
+    from distillkit.sampling import eos_ids
     from distillkit.training.onpolicy import OnPolicy
 
     return OnPolicy(fraction=cfg.on_policy, max_new_tokens=cfg.gen_max_new_tokens, temperature=cfg.gen_temperature,

@@ -10,7 +10,7 @@ each row's target by the student's own continuation:
 - the student samples up to ``max_new_tokens`` tokens (``temperature``, ``top_p``; temperature 0 is
   greedy) through an answer source: `HFAnswers` (default) runs `transformers` ``generate`` on the
   training model itself -- one left-padded batch per micro-batch, KV cache on, no per-token Python loop
-  over the batch (`distillkit.evaluation.generation.sample_answers`); `VllmAnswers` samples in a vLLM
+  over the batch (`distillkit.sampling.sample_answers`); `VllmAnswers` samples in a vLLM
   engine holding a copy of the student, whose weights it replaces in place (``load_weights``) when they
   are ``refresh_every`` or more optimizer steps old, so the answers come from weights at most
   ``refresh_every - 1`` steps stale (1: always the current ones);
@@ -104,7 +104,7 @@ class HFAnswers:
     def answers(self, model, prompts, op, *, step, seed, device, autocast):
         import torch
 
-        from distillkit.evaluation.generation import sample_answers
+        from distillkit.sampling import sample_answers
 
         was_training = model.training
         model.eval()
