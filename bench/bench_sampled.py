@@ -7,7 +7,7 @@ Teacher: the model; student: the same model depth-pruned (decoder layers --drop-
 16-22 of SmolLM2's 30: the student docs/ASSETS.md describes), both fp32, one forward per document, so the
 teacher's full distribution p and the student's q are known at every position. Stores, written as `score`
 writes them (zstd Arrow IPC, record batches of ROWS_PER_BATCH samples) and read back through the trainer's
-decoders (`distillkit.topk.decode_batch`, `distillkit.sampled.decode_batch`):
+decoders (`distillkit.topk.decode_batch`, `distillkit.sampled_store.decode_batch`):
 
 - top-K, `--topk-format uint8` (the default top-k store);
 - sampled-n, stratified (the default) and iid (the paper's), seed 0 for the bytes.
@@ -62,7 +62,7 @@ def main() -> None:
     from distillkit.losses.sparse import sampled_kd_loss, sparse_kd_loss
     from distillkit.models import load_model, load_tokenizer, resolve_model
     from distillkit.prune import parse_layers, prune_depth
-    from distillkit.sampled import SampleSpec, decode_batch as decode_sampled, draw, sampled_table, uniforms
+    from distillkit.sampled_store import SampleSpec, decode_batch as decode_sampled, draw, sampled_table, uniforms
     from distillkit.topk import decode, encode, topk_table
     from distillkit.topk import decode_batch as decode_topk
 

@@ -6,7 +6,7 @@ Declarations only: no computation, nothing heavier than pyarrow.
 
 Not here: the top-k parts of ``score --top-k`` (``topk/part-*.arrow``), whose id and log-prob
 types depend on the vocabulary and the chosen format: `distillkit.topk` defines and checks them; nor
-the sampled parts of ``score --teacher-store sampled`` (``sampled/part-*.arrow``): `distillkit.sampled`.
+the sampled parts of ``score --teacher-store sampled`` (``sampled/part-*.arrow``): `distillkit.sampled_store`.
 """
 
 from __future__ import annotations

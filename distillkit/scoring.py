@@ -21,7 +21,7 @@ that predicts token_ids[t + 1].
 
 ``sampled/part-*.arrow`` (``--teacher-store sampled``): instead of the top-k, n
 tokens drawn per position from the teacher's T = 1 distribution, as distinct ids,
-counts and log-probs (`distillkit.sampled` has the format and the draws). The draws
+counts and log-probs (`distillkit.sampled_store` has the format and the draws). The draws
 need the full distribution at every position, so the teacher runs on the hf engine
 (`sample_teacher`); vLLM returns only the top of it.
 """
@@ -40,7 +40,7 @@ from distillkit.schemas import CHUNK_COLUMNS, SAMPLE_COLUMNS
 
 if TYPE_CHECKING:
     from distillkit.data import Samples
-    from distillkit.sampled import SampleSpec
+    from distillkit.sampled_store import SampleSpec
 
 STORE_DIRS = ("topk", "sampled")  # where score keeps what it stores of the teacher for offline KD
 
@@ -73,7 +73,7 @@ def score_chunks(
     instead of its top-k; `top_k` must then be 0."""
     from distillkit.engines import make_engine
     from distillkit.progress import progress_bar
-    from distillkit.sampled import sampled_table
+    from distillkit.sampled_store import sampled_table
     from distillkit.topk import topk_table
 
     assert not (top_k and sampling), "one teacher store"
@@ -147,14 +147,14 @@ def sample_teacher(engine, sequences, keys: list[str], spec: SampleSpec, on_batc
 
     Returns (SequenceScores per sequence, (draws [L-1, n] ascending, their log-probs [L-1, n]) per sequence).
     Batching as `HFEngine.score` does (length-sorted, `position_chunk` positions of logits at a time); the
-    uniforms of sequence i come from the stream of (spec.seed, keys[i]) (`distillkit.sampled.uniforms`), so
+    uniforms of sequence i come from the stream of (spec.seed, keys[i]) (`distillkit.sampled_store.uniforms`), so
     the draws do not depend on the batch a sequence lands in.
     """
     import torch
 
     from distillkit.engines.base import SequenceScores
     from distillkit.engines.hf import length_sorted_batches, right_padded
-    from distillkit.sampled import draw, uniforms
+    from distillkit.sampled_store import draw, uniforms
 
     if getattr(engine, "name", None) != "hf":
         raise ValueError("drawing teacher samples needs the hf engine (the full distribution at every position)")
@@ -268,7 +268,7 @@ def merge_shards(dirs: list[Path], out: Path, *, overwrite: bool = False) -> Pat
     figures = {"samples": samples.num_rows, "merged_shards": n}
     store_files = sorted(p for d in STORE_DIRS for p in writer.path(d).glob("*.arrow"))
     if store_files and all("store_positions" in a.manifest["figures"] for a in shards):
-        from distillkit.sampled import store_figures
+        from distillkit.sampled_store import store_figures
 
         figures.update(store_figures(store_files, sum(int(a.manifest["figures"]["store_positions"]) for a in shards)))
     for key in ("teacher_tokens_per_s", "student_tokens_per_s"):

@@ -190,7 +190,7 @@ class PartReader:
     """Random access to a score artifact's teacher parts, a record batch at a time, with a small LRU cache.
 
     `decode` turns a record batch into (row offsets, ids, log-probs): `decode_batch` for top-k parts,
-    `distillkit.sampled.decode_batch` for sampled ones."""
+    `distillkit.sampled_store.decode_batch` for sampled ones."""
 
     def __init__(self, paths: Sequence[Path], cache_batches: int = 16, decode=None) -> None:
         self.paths = list(paths)

@@ -24,7 +24,7 @@ from distillkit.pipelines.score import ScoreConfig, merge
 from distillkit.pipelines.score import run as run_score
 from distillkit.pipelines.train import TrainConfig
 from distillkit.pipelines.train import run as run_train
-from distillkit.sampled import SampleSpec, decode_batch, draw, run_lengths, sampled_table, uniforms
+from distillkit.sampled_store import SampleSpec, decode_batch, draw, run_lengths, sampled_table, uniforms
 from tests.conftest import three_domain_data
 from tests.test_losses import _grads, _heads, _logits
 

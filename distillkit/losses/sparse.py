@@ -30,7 +30,7 @@ With k = V (every id stored), both modes equal the dense loss (up to the floor i
 "bucket" mode, a relative 1e-6). All eight divergences are defined on the support;
 AKL's head/tail split and TAID's interpolation then act on the k (+1) entries.
 
-Sampled teachers (`sampled_kd_loss`, ``score --teacher-store sampled``, `distillkit.sampled`): per
+Sampled teachers (`sampled_kd_loss`, ``score --teacher-store sampled``, `distillkit.sampled_store`): per
 position n tokens x_1..x_n drawn from the teacher's T = 1 distribution p, with log p(x_j). The loss is
 the sample mean (1/n)·Σ_j f(x_j) of a function whose expectation under p is the divergence, so value and
 gradient are unbiased; only divergences that are such an expectation qualify (`SAMPLED_KINDS`):

@@ -34,7 +34,7 @@ def _stores_topk(c: "ScoreConfig") -> bool:
     return bool(c.top_k)
 
 
-def _sampled_store(c: "ScoreConfig") -> bool:
+def _uses_sampled_store(c: "ScoreConfig") -> bool:
     """The sampled store's keys count only with teacher_store = sampled (older top-k artifacts keep their identity)."""
     return c.teacher_store == "sampled"
 
@@ -62,13 +62,13 @@ class ScoreConfig:
     topk_format: Literal["uint8", "float16"] = opt("uint8", "Stored top-k log-probs: uint8 codes on a per-position log grid (~3x smaller), or float16.",
                                                    panel="scoring", identity=_stores_topk)
     teacher_store: Literal["topk", "sampled"] = opt("topk", "What is stored of the teacher for offline KD: topk (with --top-k K), or sampled: --sample-count tokens drawn per position from the T = 1 teacher (unbiased for fkl/skl at T = 1; hf engine).",
-                                                    panel="scoring", identity=_sampled_store)
+                                                    panel="scoring", identity=_uses_sampled_store)
     sample_count: int = opt(12, "teacher_store = sampled: draws per position (1..255); the distinct ids, their counts and log-probs are stored.",
-                            panel="scoring", identity=_sampled_store)
+                            panel="scoring", identity=_uses_sampled_store)
     sample_scheme: Literal["stratified", "iid"] = opt("stratified", "teacher_store = sampled: stratified (one draw per 1/n slice of the CDF: lower variance) or iid (independent draws, as in the paper).",
-                                                      panel="scoring", identity=_sampled_store)
+                                                      panel="scoring", identity=_uses_sampled_store)
     sample_seed: int = opt(0, "teacher_store = sampled: seed of the draws (with the sample id, so a sample's draws do not depend on chunk, shard or batch).",
-                           panel="scoring", identity=_sampled_store)
+                           panel="scoring", identity=_uses_sampled_store)
     rouge: Literal["auto", "on", "off"] = opt("auto", "ROUGE-L of the student's greedy answer (auto: on for prompt/response data).",
                                               panel="scoring")
     gen_max_new_tokens: int = opt(64, "Longest student generation for ROUGE-L.", panel="scoring")
@@ -90,7 +90,7 @@ class ScoreConfig:
         if self.topk_format not in ("uint8", "float16"):
             problems.append(f"topk_format must be uint8 or float16, got {self.topk_format!r}")
         if self.teacher_store == "sampled":
-            from distillkit.sampled import MAX_SAMPLE_COUNT
+            from distillkit.sampled_store import MAX_SAMPLE_COUNT
 
             if self.top_k:
                 problems.append(f"top_k = {self.top_k} applies to teacher_store = 'topk'; teacher_store = 'sampled' stores "
@@ -197,7 +197,7 @@ def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> S
     figures["dropped_short"] = samples.dropped
     store_files = sorted(p for d in scoring.STORE_DIRS for p in writer.path(d).glob("*.arrow"))
     if store_files:  # on disk, as bench/bench_topk.py counts it: one position per predicted token
-        from distillkit.sampled import store_figures
+        from distillkit.sampled_store import store_figures
 
         figures.update(store_figures(store_files, sum(len(x) - 1 for x in samples.ids)))
     writer.finish(
@@ -213,7 +213,7 @@ def _sampling(cfg: ScoreConfig):
     """The draws of teacher_store = 'sampled' (None for the top-k store)."""
     if cfg.teacher_store != "sampled":
         return None
-    from distillkit.sampled import SampleSpec
+    from distillkit.sampled_store import SampleSpec
 
     return SampleSpec(count=cfg.sample_count, scheme=cfg.sample_scheme, seed=cfg.sample_seed)
 

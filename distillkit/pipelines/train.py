@@ -34,7 +34,7 @@ from distillkit.pipelines.train_config import TrainConfig, identity
 if TYPE_CHECKING:
     from distillkit.artifacts import ArtifactWriter
     from distillkit.training.distributed import DistInfo
-    from distillkit.training.parts import Components, Settings
+    from distillkit.training.components import Components, Settings
     from distillkit.training.setup import Inputs
     from distillkit.training.state import TrainState
 
@@ -297,7 +297,7 @@ def make_settings(cfg: TrainConfig, inputs: Inputs, dist: DistInfo, partial: Pat
     run resumed on a machine whose CPU flags would make `auto` choose otherwise keeps its precision, so resume
     stays bitwise."""
     from distillkit.errors import ConfigError
-    from distillkit.training.parts import Settings
+    from distillkit.training.components import Settings
     from distillkit.training.setup import precision_choice
 
     if cfg.batch_size % (dist.world_size * cfg.grad_accum):
@@ -359,7 +359,7 @@ def make_components(cfg: TrainConfig, inputs: Inputs, settings: Settings, dist: 
     from distillkit.losses import LossSpec
     from distillkit.losses.registry import config_params
     from distillkit.training import distributed as D
-    from distillkit.training.parts import Components, Corpus
+    from distillkit.training.components import Components, Corpus
     from distillkit.training.schedule import LRSchedule, plan_stages
     from distillkit.training.setup import adamw, lr_choice
     from distillkit.training.student import StudentLoss, teacher_sources

@@ -16,7 +16,7 @@ loss -- are those of the padded batch (tests/test_packing.py), on fewer padded p
 Offline teachers (`TopKStore`): the score stage's ``topk/part-*.arrow`` rows, where row t of a
 sample holds the teacher's top-k for the distribution predicting ``token_ids[t+1]`` -- exactly the
 batch position t, so stored rows line up with the labels without any shifting. A score artifact made
-with ``--teacher-store sampled`` holds ``sampled/part-*.arrow`` instead (`distillkit.sampled`): the same
+with ``--teacher-store sampled`` holds ``sampled/part-*.arrow`` instead (`distillkit.sampled_store`): the same
 store reads them, and a row is then the position's n draws from the teacher with their log-probs.
 """
 
@@ -102,7 +102,7 @@ class TopKStore:
     """
 
     def __init__(self, score_dir, seqs: Sequences, max_length: int, cache_batches: int = 16) -> None:
-        from distillkit import sampled
+        from distillkit import sampled_store as sampled
         from distillkit.artifacts import read_artifact
         from distillkit.errors import ArtifactError
         from distillkit.topk import PartReader, table_format

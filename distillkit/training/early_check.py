@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from distillkit.errors import DistillkitError
 
 if TYPE_CHECKING:
-    from distillkit.training.parts import Components, Settings
+    from distillkit.training.components import Components, Settings
     from distillkit.training.state import TrainState
 
 # A relative rise above this is a rise: 0.2 %. Measured on a tiny trained student over its first 10 steps: at lr 1e-5

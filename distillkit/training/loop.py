@@ -32,7 +32,7 @@ from distillkit.training import stop
 from distillkit.training.batches import collate
 from distillkit.training.ddk import measure_heldout
 from distillkit.training.monitor import Monitor
-from distillkit.training.parts import Components, Corpus, Settings
+from distillkit.training.components import Components, Corpus, Settings
 from distillkit.training.sampler import rank_slice
 from distillkit.training.schedule import Stage, stage_at
 from distillkit.training.state import TrainState

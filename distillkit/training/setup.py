@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from distillkit.artifacts import Artifact
     from distillkit.records import PlanRecord
     from distillkit.training.batches import Sequences, TopKStore
-    from distillkit.training.parts import Components, Settings
+    from distillkit.training.components import Components, Settings
     from distillkit.training.state import TrainState
 
 
