@@ -457,11 +457,15 @@ def corrected_teacher(model_dir: str | Path) -> dict[str, Any] | None:
         return None
     if m.get("kind") != "train":
         return None
-    train = m.get("train", {})
-    cfg = m.get("config", {})
-    objective = train.get("objective") or ("sft" if train.get("loss", {}).get("teacher_mode") == "none" else "distill")
-    return {"artifact": str(d.parent), "manifest_sha256": hashlib.sha256(raw).hexdigest(), "objective": objective,
-            "corrected": objective == "sft", "trained_from": cfg.get("student"), "scores": train.get("scores"),
+    from distillkit.errors import ArtifactError
+    from distillkit.records import TrainRecord
+
+    try:
+        train = TrainRecord.from_manifest(m.get("train", {}), str(manifest))
+    except (ArtifactError, TypeError):
+        return None
+    return {"artifact": str(d.parent), "manifest_sha256": hashlib.sha256(raw).hexdigest(), "objective": train.objective,
+            "corrected": train.objective == "sft", "trained_from": m.get("config", {}).get("student"), "scores": train.scores,
             "steps": m.get("figures", {}).get("steps")}
 
 

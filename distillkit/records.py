@@ -191,4 +191,119 @@ class PlanRecord:
                    domains_without_train=tuple(info.get("domains_without_train", ())), rrf_k=info.get("rrf_k"))
 
 
-__all__ = ["RECORD_VERSION", "ScoreRecord", "TopKInfo", "PlanRecord", "PlannedStage", "StageLength", "MixtureSettings"]
+# ---------------------------------------------------------------- train, eval, prune: what they report
+
+
+@dataclass(frozen=True)
+class RunStage:
+    """One stage of a finished train run, as optimizer steps [start, end)."""
+
+    stage: int
+    start: int
+    end: int
+    temperature: float
+    kd_weight: float
+    num_samples: int
+
+
+@dataclass(frozen=True)
+class TrainRecord:
+    """The manifest's ``train`` table: what the run trained (stages, loss, mixture, lr) and from what."""
+
+    stages: tuple[RunStage, ...]
+    total_steps: int
+    restart_optimizer: bool
+    mixture: dict[str, Any]
+    loss: dict[str, Any]
+    plan: str
+    scores: str
+    lr: dict[str, Any]
+    objective: Literal["distill", "sft"] = "distill"  # sft: teacher_mode = none (an SFT baseline or teacher correction)
+    teacher: dict[str, Any] | None = None  # a corrected teacher's provenance (models.corrected_teacher)
+    on_policy: dict[str, Any] | None = None
+
+    def to_manifest(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if self.on_policy is None:
+            d.pop("on_policy")
+        return {"record_version": RECORD_VERSION, **d}
+
+    @classmethod
+    def from_manifest(cls, section: Mapping[str, Any], where: str = "train manifest") -> "TrainRecord":
+        _version(section, where)
+        fix = "retrain with `distillkit train --overwrite`"
+        _need(section, ("stages", "total_steps", "loss"), where, fix)
+        loss = dict(section.get("loss", {}))
+        objective = section.get("objective") or ("sft" if loss.get("teacher_mode") == "none" else "distill")
+        return cls(stages=tuple(RunStage(**s) for s in section["stages"]), total_steps=int(section["total_steps"]),
+                   restart_optimizer=bool(section.get("restart_optimizer", False)), mixture=dict(section.get("mixture", {})),
+                   loss=loss, plan=str(section.get("plan", "")), scores=str(section.get("scores", "")),
+                   lr=dict(section.get("lr", {})), objective=objective, teacher=section.get("teacher"),
+                   on_policy=section.get("on_policy"))
+
+
+@dataclass(frozen=True)
+class EvaluatedModel:
+    label: str
+    role: str  # "teacher" or "model"
+    spec: str
+    path: str
+    provenance: dict[str, Any] | None = None  # a train artifact's model: models.corrected_teacher
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    """The manifest's ``eval`` table: which models were measured on what, and how answers were sampled."""
+
+    models: tuple[EvaluatedModel, ...]
+    tasks: tuple[str, ...] = ()
+    task_splits: dict[str, Any] = field(default_factory=dict)
+    baseline: str | None = None
+    limit: int | None = None
+    data_format: str | None = None
+    data_sources: tuple[str, ...] | None = None
+    olmo_eval_version: str | None = None
+    generation: dict[str, Any] | None = None
+
+    def to_manifest(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["models"] = [{k: v for k, v in m.items() if not (k == "provenance" and v is None)} for m in d["models"]]
+        d["tasks"] = list(self.tasks)
+        d["data_sources"] = list(self.data_sources) if self.data_sources is not None else None
+        return {"record_version": RECORD_VERSION, **d}
+
+    @classmethod
+    def from_manifest(cls, section: Mapping[str, Any], where: str = "eval manifest") -> "EvalRecord":
+        _version(section, where)
+        _need(section, ("models",), where, "re-evaluate with `distillkit eval --overwrite`")
+        src = section.get("data_sources")
+        return cls(models=tuple(EvaluatedModel(**m) for m in section["models"]), tasks=tuple(section.get("tasks", ())),
+                   task_splits=dict(section.get("task_splits", {})), baseline=section.get("baseline"), limit=section.get("limit"),
+                   data_format=section.get("data_format"), data_sources=tuple(src) if src is not None else None,
+                   olmo_eval_version=section.get("olmo_eval_version"), generation=section.get("generation"))
+
+
+@dataclass(frozen=True)
+class PruneRecord:
+    """The manifest's ``prune`` table: which layers of which model the student keeps."""
+
+    source: str
+    source_dir: str
+    kept_layers: tuple[int, ...]
+    dropped_layers: tuple[int, ...]
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {"record_version": RECORD_VERSION, "source": self.source, "source_dir": self.source_dir,
+                "kept_layers": list(self.kept_layers), "dropped_layers": list(self.dropped_layers)}
+
+    @classmethod
+    def from_manifest(cls, section: Mapping[str, Any], where: str = "prune manifest") -> "PruneRecord":
+        _version(section, where)
+        _need(section, ("source", "kept_layers"), where, "prune again with `distillkit prune --overwrite`")
+        return cls(source=str(section["source"]), source_dir=str(section.get("source_dir", "")),
+                   kept_layers=tuple(int(x) for x in section["kept_layers"]),
+                   dropped_layers=tuple(int(x) for x in section.get("dropped_layers", ())))
+
+
+__all__ = ["RECORD_VERSION", "ScoreRecord", "TopKInfo", "PlanRecord", "PlannedStage", "StageLength", "MixtureSettings",
+           "RunStage", "TrainRecord", "EvaluatedModel", "EvalRecord", "PruneRecord"]

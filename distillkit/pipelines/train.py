@@ -426,6 +426,7 @@ def finish(cfg: TrainConfig, inputs: Inputs, parts: Components, settings: Settin
     import pyarrow as pa
 
     from distillkit.training import distributed as D
+    from distillkit.records import RunStage, TrainRecord
     from distillkit.training.monitor import metrics_table
     from distillkit.training.setup import heldout_report, lr_choice
 
@@ -487,23 +488,25 @@ def finish(cfg: TrainConfig, inputs: Inputs, parts: Components, settings: Settin
         if check is not None:
             figures["early_check"] = check
     mixer = state.mixer
-    extra = {"train": {"stages": [_stage_dict(s) for s in parts.stages],
-                       "total_steps": parts.total_steps, "restart_optimizer": settings.restart_optimizer,
-                       "mixture": {"mode": mixer.mode, "interval": mixer.interval, "alpha": mixer.alpha, "smoothing": mixer.smoothing},
-                       "loss": {"kind": cfg.loss, "form": cfg.loss_form, "impl": cfg.loss_impl, "params": parts.loss.params,
-                                "teacher_mode": cfg.teacher_mode, "vocab_size": inputs.vocab_size},
-                       "objective": "sft" if cfg.teacher_mode == "none" else "distill",
-                       "teacher": inputs.teacher_provenance,
-                       "plan": str(inputs.plan.path), "scores": str(inputs.scores.path),
-                       "lr": {"peak": parts.lr.base_lr, "why": lr_choice(cfg.lr, inputs.student_ppl, inputs.teacher_ppl)[1]}}}
+    on_policy = None
     if settings.on_policy is not None:
         op = settings.on_policy
-        extra["train"]["on_policy"] = {"fraction": op.fraction, "max_new_tokens": op.max_new_tokens, "temperature": op.temperature,
-                                       "top_p": op.top_p, "prompt_from": op.prompt_from, "prefix_tokens": op.prefix_tokens,
-                                       "steps": int(sum(bool(r.get("on_policy")) for r in m)), "engine": cfg.gen_engine}
+        on_policy = {"fraction": op.fraction, "max_new_tokens": op.max_new_tokens, "temperature": op.temperature,
+                     "top_p": op.top_p, "prompt_from": op.prompt_from, "prefix_tokens": op.prefix_tokens,
+                     "steps": int(sum(bool(r.get("on_policy")) for r in m)), "engine": cfg.gen_engine}
         if parts.answers is not None:
-            extra["train"]["on_policy"] |= {"refresh_every": cfg.gen_refresh_every, "refreshes": parts.answers.refreshes,
-                                            "refresh_s": round(parts.answers.refresh_s, 3)}
+            on_policy |= {"refresh_every": cfg.gen_refresh_every, "refreshes": parts.answers.refreshes,
+                          "refresh_s": round(parts.answers.refresh_s, 3)}
+    record = TrainRecord(
+        stages=tuple(RunStage(s.stage, s.start, s.end, s.temperature, s.kd_weight, s.num_samples) for s in parts.stages),
+        total_steps=parts.total_steps, restart_optimizer=settings.restart_optimizer,
+        mixture={"mode": mixer.mode, "interval": mixer.interval, "alpha": mixer.alpha, "smoothing": mixer.smoothing},
+        loss={"kind": cfg.loss, "form": cfg.loss_form, "impl": cfg.loss_impl, "params": parts.loss.params,
+              "teacher_mode": cfg.teacher_mode, "vocab_size": inputs.vocab_size},
+        plan=str(inputs.plan.path), scores=str(inputs.scores.path),
+        lr={"peak": parts.lr.base_lr, "why": lr_choice(cfg.lr, inputs.student_ppl, inputs.teacher_ppl)[1]},
+        objective="sft" if cfg.teacher_mode == "none" else "distill", teacher=inputs.teacher_provenance, on_policy=on_policy)
+    extra = {"train": record.to_manifest()}
     writer.finish(figures, extra=extra)
     console.print(f"[green]wrote[/] {cfg.out}")
 
@@ -525,11 +528,6 @@ def _test_teacher_ppl(scores, domains: list[str], fallback):
             n = r.column("num_tokens").to_numpy().astype(np.float64)
             out[i] = float(np.exp(np.sum(r.column("teacher_nll").to_numpy() * n) / n.sum()))
     return out
-
-
-def _stage_dict(s) -> dict:
-    return {"stage": s.stage, "start": s.start, "end": s.end, "temperature": s.temperature, "kd_weight": s.kd_weight,
-            "num_samples": s.num_samples}
 
 
 __all__ = ["TrainConfig", "run", "KIND"]
