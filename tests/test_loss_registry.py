@@ -46,8 +46,8 @@ def test_every_registration_has_its_function():
 
 def test_train_loss_choices_and_help_are_the_registry():
     key = keys(TrainConfig)["loss"]
-    assert get_args(key.type) == get_args(Divergence) == DIVERGENCES == ("fkl", "rkl", "jsd", "skl", "srkl", "tvd", "akl", "taid")
-    assert choices_help() == "fkl, rkl, jsd (jsd_beta), skl / srkl (skew_alpha), tvd, akl (akl_mu), taid"
+    assert get_args(key.type) == get_args(Divergence) == DIVERGENCES == ("fkl", "rkl", "jsd", "skl", "srkl", "tvd", "akl", "taid", "jeffreys")
+    assert choices_help() == "fkl, rkl, jsd (jsd_beta), skl / srkl (skew_alpha), tvd, akl (akl_mu), taid, jeffreys"
     assert key.help == f"Divergence D: {choices_help()}."
 
 

@@ -199,7 +199,7 @@ def test_topk_store_streams_parts_and_reads_schema1_artifacts(pipeline, tmp_path
         np.testing.assert_allclose(ob, b, rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize("kind", ["rkl", "jsd", "skl", "srkl", "tvd", "akl", "taid"])
+@pytest.mark.parametrize("kind", ["rkl", "jsd", "skl", "srkl", "tvd", "akl", "taid", "jeffreys"])
 def test_every_divergence_trains(pipeline, tmp_path, kind):
     out = tmp_path / kind
     run(cfg_for(pipeline, out, steps=3, loss=kind, eval_heldout=False, mixture="static"))

@@ -97,6 +97,11 @@ def jsd_rows(log_q: Tensor, log_p: Tensor, beta: float) -> Tensor:
     return beta * kl_rows(log_p, log_m) + (1.0 - beta) * kl_rows(log_q, log_m)
 
 
+def jeffreys_rows(log_q: Tensor, log_p: Tensor) -> Tensor:
+    """Jeffreys divergence, the symmetrised KL: KL(p‖q) + KL(q‖p)."""
+    return kl_rows(log_p, log_q) + kl_rows(log_q, log_p)
+
+
 def tvd_rows(log_q: Tensor, log_p: Tensor) -> Tensor:
     return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
 

@@ -50,6 +50,7 @@ REGISTRY: tuple[Registered, ...] = (
     Registered("tvd", "tvd_rows"),
     Registered("akl", "akl_rows", (Param("mu", 0.5, "akl_mu"),)),
     Registered("taid", "taid_rows", (Param("t", None, needs="the interpolation t in [0, 1], e.g. TaidSchedule.t"),)),
+    Registered("jeffreys", "jeffreys_rows"),
 )
 
 DIVERGENCES: tuple[str, ...] = tuple(d.name for d in REGISTRY)
