@@ -134,34 +134,64 @@ def prepare(cfg: TrainConfig, dist: DistInfo) -> Inputs:
     import pyarrow as pa
 
     from distillkit.artifacts import check_input, read_artifact
-    from distillkit.errors import ArtifactError, DataError
-    from distillkit.models import (
-        check_same_tokenizer,
-        check_vocab_sizes,
-        load_model,
-        load_tokenizer,
-        model_fingerprint,
-        resolve_model,
-    )
-    from distillkit.records import PlanRecord
-    from distillkit.schemas import TRAIN_CURRICULUM_COLUMNS, TRAIN_MIXTURE_COLUMNS
-    from distillkit.data import DEV, TEST, uses_chat_template
+    from distillkit.data import uses_chat_template
     from distillkit.data_options import DataOptions
-    from distillkit.models import corrected_teacher
+    from distillkit.errors import DataError
+    from distillkit.models import corrected_teacher, model_fingerprint
+    from distillkit.records import PlanRecord
     from distillkit.seqkd import scored_dataset
     from distillkit.training.batches import TopKStore, tokenize_rows
     from distillkit.training.setup import Inputs
 
+    # 1. The plan, its scores and the data they were made on; the options checked against them.
     plan = read_artifact(cfg.plan, "plan")
     schedule = PlanRecord.from_manifest(plan.manifest, f"{plan.path}/manifest.json")  # the one read of the plan's table
     scores = read_artifact(schedule.scores, "score")
     check_input(scores, plan.manifest.get("inputs", []), "scores")
     sc = scores.config
     ds = scored_dataset(scores)  # the split and subsample the scores were made on (and score --responses teacher's answers)
+    _check_against_inputs(cfg, plan, schedule, scores, ds)
+
+    # 2. Models: a tokenizer or vocabulary mismatch is refused here, before any training.
+    no_teacher = cfg.teacher_mode == "none"  # CE only: an SFT baseline or teacher correction
+    student_dir, teacher_dir, tok, student, teacher, vocab = _models(cfg, dist)
+
+    # 3. The rows: the plan's training rows in curriculum order, then the test and dev rows.
+    cur, mix, domains, codes, train_rows = _planned_rows(plan, ds)
+    held_parts, heldout_rows, dev_rows, source = _heldout_rows(cfg, ds, domains, codes, len(train_rows), scores.path, dist)
+    rows = pa.concat_tables([train_rows, *held_parts]) if held_parts else train_rows
+    chat = uses_chat_template(DataOptions.from_config(sc).chat_template, tok, ds.format)
+    seqs = tokenize_rows(rows, ds.format, tok, int(sc.get("max_length", cfg.seq_len)), cfg.seq_len, chat)
+    topk = TopKStore(scores.path, seqs, int(sc.get("max_length", cfg.seq_len))) if cfg.teacher_mode == "offline" else None
+    if topk is not None and topk.max_id >= vocab:
+        raise DataError(f"the stored top-k holds token id {topk.max_id}, outside the {vocab}-token vocabulary: the scores "
+                        "were made with another tokenizer")
+
+    # 4. What joins the artifact's identity.
+    identity = {"plan_manifest_sha256": plan.sha256, "student_fingerprint": model_fingerprint(student_dir)}
+    if not no_teacher:
+        identity = {"plan_manifest_sha256": plan.sha256, "teacher_fingerprint": model_fingerprint(teacher_dir),
+                    "student_fingerprint": identity["student_fingerprint"]}
+        if dist.is_main and sc.get("teacher_fingerprint") not in (None, identity["teacher_fingerprint"]):
+            from distillkit.progress import console
+
+            console.print(f"[yellow]note[/]: --teacher {cfg.teacher} is not the teacher the scores were computed with; "
+                          "DDK uses the scored teacher perplexities")
+    return Inputs(plan=plan, scores=scores, schedule=schedule, tokenizer=tok, student=student, teacher=teacher, vocab_size=vocab,
+                  seqs=seqs, domain_codes=codes, stages=cur.column("stage").to_numpy().astype(np.int64),
+                  domains=domains, plan_weights=mix.column("weight").to_numpy(), teacher_ppl=mix.column("teacher_ppl").to_numpy(),
+                  student_ppl=mix.column("student_ppl").to_numpy(), heldout_rows=heldout_rows, heldout_source=source, topk=topk,
+                  dev_rows=dev_rows, test_teacher_ppl=_test_teacher_ppl(scores, domains, mix.column("teacher_ppl").to_numpy()),
+                  teacher_provenance=None if no_teacher else corrected_teacher(teacher_dir),
+                  pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0, identity=identity, data_format=ds.format,
+                  student_dir=str(student_dir))
+
+
+def _check_against_inputs(cfg: TrainConfig, plan, schedule, scores, ds) -> None:
+    """The option checks that need the plan, the scores or the data (the rest are TrainConfig.validate)."""
+    from distillkit.errors import ConfigError
 
     if cfg.on_policy > 0 and ds.format == "text" and cfg.prefix_tokens is None:
-        from distillkit.errors import ConfigError
-
         raise ConfigError("on_policy > 0 on plain-text data needs --prefix-tokens N: the student continues the first N "
                           "tokens of each document")
     if cfg.on_policy > 0 and cfg.gen_engine == "vllm":
@@ -172,24 +202,24 @@ def prepare(cfg: TrainConfig, dist: DistInfo) -> Inputs:
             from distillkit.errors import EngineUnavailable
 
             raise EngineUnavailable(f"gen_engine = 'vllm' needs the vllm package; {_INSTALL_HINT}, or use --gen-engine hf")
-
     if cfg.teacher_mode == "offline" and scores.files("sampled/"):  # score --teacher-store sampled: fkl / skl at T = 1
-        from distillkit.errors import ConfigError
         from distillkit.losses.sparse import sampled_problem
         from distillkit.training.schedule import plan_stages
 
         run_stages = plan_stages(schedule, cfg.batch_size, cfg.steps, cfg.temperature, cfg.kd_weight)
         if problem := sampled_problem(cfg.loss, [st.temperature for st in run_stages]):
             raise ConfigError(problem)
-
     if (cfg.ddk_factor or schedule.mixture.factor) == "ratio" and cfg.ddk_tau not in (None, 1.0):
-        from distillkit.errors import ConfigError
-
         raise ConfigError(f"ddk_tau = {cfg.ddk_tau} applies only to the log-ratio factor, and {plan.path} uses the paper's "
                           "ratio factor: add --ddk-factor log-ratio or drop --ddk-tau")
 
-    # Models: a tokenizer or vocabulary mismatch is refused here, before any training.
-    no_teacher = cfg.teacher_mode == "none"  # CE only: an SFT baseline or teacher correction
+
+def _models(cfg: TrainConfig, dist: DistInfo):
+    """(student_dir, teacher_dir, tokenizer, student, teacher or None, vocabulary size), checked against each other.
+    Without a teacher (teacher_mode = none) the student's directory stands in for the teacher's tokenizer."""
+    from distillkit.models import check_same_tokenizer, check_vocab_sizes, load_model, load_tokenizer, resolve_model
+
+    no_teacher = cfg.teacher_mode == "none"
     student_dir = resolve_model(cfg.student, role="student")
     teacher_dir = student_dir if no_teacher else resolve_model(cfg.teacher, role="teacher")
     tok = load_tokenizer(str(teacher_dir))
@@ -201,6 +231,16 @@ def prepare(cfg: TrainConfig, dist: DistInfo) -> Inputs:
     vocab = check_vocab_sizes(teacher if teacher is not None else student, student, tok, cfg.teacher, cfg.student)
     for role, m in (("student", student), ("teacher", teacher)):
         _check_head(m, role)
+    return student_dir, teacher_dir, tok, student, teacher, vocab
+
+
+def _planned_rows(plan, ds):
+    """(curriculum table, mixture table, domains, each planned row's domain code, the planned rows of the data)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from distillkit.errors import ArtifactError, DataError
+    from distillkit.schemas import TRAIN_CURRICULUM_COLUMNS, TRAIN_MIXTURE_COLUMNS
 
     cur = plan.table("curriculum.arrow", TRAIN_CURRICULUM_COLUMNS)
     mix = plan.table("mixture.arrow", TRAIN_MIXTURE_COLUMNS)
@@ -211,16 +251,25 @@ def prepare(cfg: TrainConfig, dist: DistInfo) -> Inputs:
         raise ArtifactError(f"{plan.path}: curriculum domains {unknown} have no mixture weight; rebuild the plan")
     code_of = {d: i for i, d in enumerate(domains)}
     codes = np.array([code_of[d] for d in cur_domains], dtype=np.int64)
-
     index = {sid: i for i, sid in enumerate(ds.table.column("sample_id").to_pylist())}
     cur_ids = cur.column("sample_id").to_pylist()
     missing = [s for s in cur_ids if s not in index]
     if missing:
         raise DataError(f"{len(missing)} planned samples are not in the data (e.g. {missing[0]!r}); the data changed: rescore and replan")
-    train_rows = ds.table.take(pa.array([index[s] for s in cur_ids], pa.int64()))
-    # Test rows (the before/after report) and dev rows (DDK's re-measurement, the early check): every decision made
-    # during the run reads dev, so the test documents cannot change what is trained.
-    held_parts, n = [], len(cur_ids)
+    return cur, mix, domains, codes, ds.table.take(pa.array([index[s] for s in cur_ids], pa.int64()))
+
+
+def _heldout_rows(cfg: TrainConfig, ds, domains: list[str], codes, n: int, scores_path, dist: DistInfo):
+    """(held-out tables to append after the `n` training rows, per domain the test rows, per domain the dev rows,
+    per domain where the test rows come from). The test rows are the before/after report's; the dev rows are what
+    every decision made during the run reads (DDK's re-measurement, the early check), so the test documents cannot
+    change what is trained. Scores without a dev split fall back to the test rows, with a note."""
+    import numpy as np
+
+    from distillkit.data import DEV, TEST
+    from distillkit.errors import DataError
+
+    held_parts = []
     split_rows: dict[str, list[list[int]]] = {TEST: [], DEV: []}
     source = []
     for split in (TEST, DEV):
@@ -243,36 +292,13 @@ def prepare(cfg: TrainConfig, dist: DistInfo) -> Inputs:
         if dist.is_main and (cfg.mixture == "ddk" or (cfg.early_check and cfg.eval_heldout)):
             from distillkit.progress import console
 
-            console.print(f"[yellow]note[/]: {scores.path} has no dev split, so DDK's re-measurement and the early check read "
+            console.print(f"[yellow]note[/]: {scores_path} has no dev split, so DDK's re-measurement and the early check read "
                           "the test slice the report reads; rescore with --dev-size N to keep decisions off the reported documents",
                           highlight=False)
     elif any(not r for r in dev_rows) and cfg.mixture == "ddk":
         raise DataError(f"domains {[d for d, r in zip(domains, dev_rows) if not r]} have no dev documents for DDK's "
                         "re-measurement: rescore with a larger --dev-size (or more data per domain), or use --mixture static")
-    rows = pa.concat_tables([train_rows, *held_parts]) if held_parts else train_rows
-    chat = uses_chat_template(DataOptions.from_config(sc).chat_template, tok, ds.format)
-    seqs = tokenize_rows(rows, ds.format, tok, int(sc.get("max_length", cfg.seq_len)), cfg.seq_len, chat)
-    topk = TopKStore(scores.path, seqs, int(sc.get("max_length", cfg.seq_len))) if cfg.teacher_mode == "offline" else None
-    if topk is not None and topk.max_id >= vocab:
-        raise DataError(f"the stored top-k holds token id {topk.max_id}, outside the {vocab}-token vocabulary: the scores "
-                        "were made with another tokenizer")
-    identity = {"plan_manifest_sha256": plan.sha256, "teacher_fingerprint": None if no_teacher else model_fingerprint(teacher_dir),
-                "student_fingerprint": model_fingerprint(student_dir)}
-    if no_teacher:
-        identity.pop("teacher_fingerprint")
-    if dist.is_main and not no_teacher and sc.get("teacher_fingerprint") not in (None, identity["teacher_fingerprint"]):
-        from distillkit.progress import console
-
-        console.print(f"[yellow]note[/]: --teacher {cfg.teacher} is not the teacher the scores were computed with; "
-                      "DDK uses the scored teacher perplexities")
-    return Inputs(plan=plan, scores=scores, schedule=schedule, tokenizer=tok, student=student, teacher=teacher, vocab_size=vocab,
-                  seqs=seqs, domain_codes=codes, stages=cur.column("stage").to_numpy().astype(np.int64),
-                  domains=domains, plan_weights=mix.column("weight").to_numpy(), teacher_ppl=mix.column("teacher_ppl").to_numpy(),
-                  student_ppl=mix.column("student_ppl").to_numpy(), heldout_rows=heldout_rows, heldout_source=source, topk=topk,
-                  dev_rows=dev_rows, test_teacher_ppl=_test_teacher_ppl(scores, domains, mix.column("teacher_ppl").to_numpy()),
-                  teacher_provenance=None if no_teacher else corrected_teacher(teacher_dir),
-                  pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0, identity=identity, data_format=ds.format,
-                  student_dir=str(student_dir))
+    return held_parts, heldout_rows, dev_rows, source
 
 
 def _check_head(model, role: str) -> None:
