@@ -125,89 +125,123 @@ def _note_eq1_concentration(cfg: PlanConfig, names: list[str], ratio: np.ndarray
 
 
 def run(cfg: PlanConfig, resume: bool = False, overwrite: bool = False) -> StageResult:
-    import numpy as np
+    from distillkit import curriculum as cur
+    from distillkit.artifacts import ArtifactWriter
+
+    t0 = time.time()
+    # 1. Everything that can be wrong with the input is checked before --out is touched.
+    scores, train, measure, domains, validation = _read_scores(cfg)
+    # 2. The curriculum over the training rows (easy -> hard, S cumulative stages; or every stage on all of them).
+    curric = cur.build_curriculum(train, measure, cfg.num_stages, cfg.rrf_k)
+    if cfg.pools == "full":  # the schedule without the curriculum: every sample in the first pool
+        curric = cur.full_pools(curric, cfg.num_stages)
+    # 3. The domain mixture beside the measured perplexities, and the record of the schedule.
+    mixture, no_train = _mixture_table(cfg, curric, domains, validation, scores.path)
+    record = _plan_record(cfg, curric, measure, scores, validation, no_train)
+    # 4. The artifact.
+    ident = identity(cfg)  # each option says whether it counts (opt(identity=...))
+    ident["scores_manifest_sha256"] = scores.sha256
+    writer = ArtifactWriter(cfg.out, KIND, ident, inputs=[scores], resume=resume, overwrite=overwrite)
+    if writer.done:
+        return result(writer)
+    writer.write("curriculum.arrow", curric.table)
+    writer.write("mixture.arrow", mixture)
+    if cfg.plot:
+        plot_plan(curric.table, mixture, record, writer.path("plan.png"))
+    figures = {"train_samples": curric.table.num_rows, "validation_samples": int(sum(validation.values())),
+               "domains": len(curric.domains), "wall_s": round(time.time() - t0, 2)}
+    writer.finish(figures, extra={"plan": record.to_manifest()})
+    return result(writer)
+
+
+def _read_scores(cfg: PlanConfig):
+    """(the score artifact, its training rows with the measure's columns, the measure, its domain table, held-out rows
+    per domain), refusing a shard, missing columns or no training rows."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     from distillkit import curriculum as cur
-    from distillkit.artifacts import ArtifactWriter, check_columns, read_artifact
+    from distillkit.artifacts import check_columns, read_artifact
     from distillkit.errors import ArtifactError
-    from distillkit.mixture import mixture_weights
+    from distillkit.records import ScoreRecord
     from distillkit.schemas import DOMAIN_COLUMNS, PLAN_SAMPLE_COLUMNS
 
-    t0 = time.time()
-    # Everything that can be wrong with the input is checked before --out is touched.
     scores = read_artifact(cfg.scores, "score")
-    from distillkit.records import ScoreRecord
-
     shard = ScoreRecord.from_manifest(scores.manifest, f"{scores.path}/manifest.json").shard
     if shard[1] > 1:
         raise ArtifactError(f"{scores.path} is shard {shard[0]}/{shard[1]} of a score run; join the shards first "
                             "with `distillkit score --merge SHARD ... --out DIR` and plan from that")
     samples = scores.table("samples.arrow")
     measure = cur.resolve_measure(cfg.measure, samples.column_names)
-
     needed = dict(PLAN_SAMPLE_COLUMNS)
     needed.update({c: pa.float32() for c in cur.MEASURE_COLUMNS[measure]})
     check_columns(samples, needed, str(scores.path / "samples.arrow"))
     domains = scores.table("domains.arrow", DOMAIN_COLUMNS)
-
     is_train = pc.equal(samples.column("split"), "train")
     train = samples.filter(is_train).select(list(needed))
-    held = samples.filter(pc.invert(is_train)).column("domain")
+    held = samples.filter(pc.invert(is_train)).column("domain")  # test and dev rows
     validation = {str(v["values"]): int(v["counts"]) for v in pc.value_counts(held).to_pylist()} if len(held) else {}
     if train.num_rows == 0:
         raise ArtifactError(f"{scores.path}/samples.arrow has no rows with split = 'train' (only {samples.num_rows} held-out rows); "
                             "rescore with more data per domain")
+    return scores, train, measure, domains, validation
 
-    num_stages = cfg.num_stages
-    curric = cur.build_curriculum(train, measure, num_stages, cfg.rrf_k)
-    if cfg.pools == "full":  # the schedule without the curriculum: every sample in the first pool
-        curric = cur.full_pools(curric, num_stages)
+
+def _mixture_table(cfg: PlanConfig, curric, domains, validation: dict[str, int], scores_path):
+    """(mixture.arrow: per domain with training rows its weight and the scored perplexities, the domains without
+    training rows)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from distillkit.errors import ArtifactError
+    from distillkit.mixture import mixture_weights
+
     names = curric.domains
-
-    # Mixture over the domains that have training rows, beside the measured held-out perplexities.
     dom_rows = {r["domain"]: r for r in domains.to_pylist()}
     missing = [d for d in names if d not in dom_rows]
     if missing:
-        raise ArtifactError(f"{scores.path}/domains.arrow lacks domain(s) {', '.join(missing)} that samples.arrow has; "
+        raise ArtifactError(f"{scores_path}/domains.arrow lacks domain(s) {', '.join(missing)} that samples.arrow has; "
                             "the score artifact is inconsistent: rescore with --overwrite")
     no_train = sorted(d for d in dom_rows if d not in set(names))
     t_ppl = np.array([dom_rows[d]["teacher_ppl"] for d in names], dtype=np.float64)
     s_ppl = np.array([dom_rows[d]["student_ppl"] for d in names], dtype=np.float64)
-    last = curric.pools[-1]
     train_tokens = _tokens_by_domain(curric.table, names)
     weights = mixture_weights(cfg.mixture, s_ppl, t_ppl, train_tokens, cfg.ddk_factor, cfg.ddk_tau)
     ratio = s_ppl / t_ppl
     _note_eq1_concentration(cfg, names, ratio, weights)
-    mixture = pa.table(
+    table = pa.table(
         {
             "domain": pa.array(names, pa.string()),
             "weight": pa.array(weights, pa.float64()),
             "teacher_ppl": pa.array(t_ppl, pa.float64()),
             "student_ppl": pa.array(s_ppl, pa.float64()),
             "ppl_ratio": pa.array(ratio, pa.float64()),
-            "num_samples": pa.array(last, pa.int64()),
+            "num_samples": pa.array(curric.pools[-1], pa.int64()),
             "num_tokens": pa.array(train_tokens, pa.int64()),
             "num_validation": pa.array([validation.get(d, 0) for d in names], pa.int64()),
             "heldout": pa.array([bool(dom_rows[d].get("heldout", True)) for d in names], pa.bool_()),
         }
     )
+    return table, no_train
 
+
+def _plan_record(cfg: PlanConfig, curric, measure: str, scores, validation: dict[str, int], no_train: list[str]):
+    """The manifest's ``plan`` table: the stages (pool, T, λ), their length, the mixture settings, the inputs."""
+    from distillkit import curriculum as cur
     from distillkit.records import MixtureSettings, PlannedStage, PlanRecord, StageLength
 
-    stages = []
-    for sch in cur.schedule(num_stages, cfg.temperature_start, cfg.temperature_end, cfg.kd_weight_start, cfg.kd_weight_end):
+    names, stages = curric.domains, []
+    for sch in cur.schedule(cfg.num_stages, cfg.temperature_start, cfg.temperature_end, cfg.kd_weight_start, cfg.kd_weight_end):
         pool = curric.pools[sch.stage]
         prev = int(curric.pools[sch.stage - 1].sum()) if sch.stage else 0
         stages.append(PlannedStage(stage=sch.stage, fraction=sch.fraction, temperature=sch.temperature, kd_weight=sch.kd_weight,
                                    num_samples=int(pool.sum()), num_new=int(pool.sum()) - prev,
                                    num_tokens=int(curric.pool_tokens[sch.stage]),
                                    domains={d: int(c) for d, c in zip(names, pool)}))
-    record = PlanRecord(
+    return PlanRecord(
         measure=measure,
         measure_help=cur.MEASURE_HELP[measure],
-        num_stages=num_stages,
+        num_stages=cfg.num_stages,
         curriculum=cfg.curriculum,
         stratified="per domain: stage s holds the easiest ceil((s+1)*n_d/S) training samples of every domain d",
         stage_length=StageLength(**cfg.stage_length_entry()),
@@ -222,20 +256,6 @@ def run(cfg: PlanConfig, resume: bool = False, overwrite: bool = False) -> Stage
         domains_without_train=tuple(no_train),
         rrf_k=cfg.rrf_k if measure == "rrf" else None,
     )
-
-    ident = identity(cfg)  # each option says whether it counts (opt(identity=...))
-    ident["scores_manifest_sha256"] = scores.sha256
-    writer = ArtifactWriter(cfg.out, KIND, ident, inputs=[scores], resume=resume, overwrite=overwrite)
-    if writer.done:
-        return result(writer)
-    writer.write("curriculum.arrow", curric.table)
-    writer.write("mixture.arrow", mixture)
-    if cfg.plot:
-        plot_plan(curric.table, mixture, record, writer.path("plan.png"))
-    figures = {"train_samples": curric.table.num_rows, "validation_samples": int(sum(validation.values())),
-               "domains": len(names), "wall_s": round(time.time() - t0, 2)}
-    writer.finish(figures, extra={"plan": record.to_manifest()})
-    return result(writer)
 
 
 def _tokens_by_domain(table, names: list[str]) -> "np.ndarray":
