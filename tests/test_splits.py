@@ -310,3 +310,24 @@ def test_ddk_and_the_early_check_measure_dev_rows_only(tmp_path, tiny_teacher_di
     assert kinds[0] == {"validation"} and kinds[-1] == {"validation"}
     assert all(k == {"dev"} for k in kinds[1:-1]) and len(kinds) >= 5
     assert (train / "manifest.json").is_file()
+
+
+def test_a_trained_student_has_a_model_card_that_loads(pipeline, tmp_path, one_thread):
+    from huggingface_hub import ModelCard
+
+    from distillkit.pipelines.train import TrainConfig
+    from distillkit.pipelines.train import run as run_train
+
+    run_train(TrainConfig(plan=str(pipeline["plan"]), teacher=str(pipeline["teacher"]), student=str(pipeline["student"]),
+                          out=str(tmp_path / "t"), steps=4, batch_size=4, seq_len=48, lr=1e-3, save_every=0,
+                          teacher_dtype="float32", precision="fp32"))
+    card = ModelCard.load(str(tmp_path / "t" / "student" / "README.md"))
+    assert card.data.base_model == str(pipeline["student"]) and set(card.data.tags) == {"distillation", "distillkit"}
+    assert card.data.library_name == "transformers"
+    assert f"distilled from `{pipeline['teacher']}`" in card.text and "steps: 4" in card.text
+    assert "| alpha |" in card.text  # the held-out before/after table
+    from distillkit.models import model_fingerprint
+
+    before = model_fingerprint(tmp_path / "t" / "student")
+    (tmp_path / "t" / "student" / "README.md").write_text("changed", encoding="utf-8")
+    assert model_fingerprint(tmp_path / "t" / "student") == before  # the card is not the model

@@ -533,8 +533,26 @@ def finish(cfg: TrainConfig, inputs: Inputs, parts: Components, settings: Settin
         lr={"peak": parts.lr.base_lr, "why": lr_choice(cfg.lr, inputs.student_ppl, inputs.teacher_ppl)[1]},
         objective="sft" if cfg.teacher_mode == "none" else "distill", teacher=inputs.teacher_provenance, on_policy=on_policy)
     extra = {"train": record.to_manifest()}
+    _write_card(cfg, inputs, record, figures, writer)
     writer.finish(figures, extra=extra)
     console.print(f"[green]wrote[/] {cfg.out}")
+
+
+def _write_card(cfg: TrainConfig, inputs: Inputs, record, figures: dict, writer) -> None:
+    """student/README.md: the Hugging Face model card (distillkit.model_card)."""
+    import dataclasses
+    import shlex
+    import sys
+
+    from distillkit.artifacts import read_arrow
+    from distillkit.model_card import train_card
+
+    held = read_arrow(writer.path("heldout.arrow")).to_pylist() if writer.has("heldout.arrow") else []
+    argv = sys.argv[1:] if Path(sys.argv[0]).name in ("distillkit", "main.py", "-c") else []
+    command = "distillkit " + " ".join(shlex.quote(a) for a in argv) if argv else f"distillkit train --plan {cfg.plan} ..."
+    train_card(writer.path("student"), base_model=cfg.student, teacher=None if cfg.teacher_mode == "none" else cfg.teacher,
+               teacher_provenance=inputs.teacher_provenance, data=str(inputs.scores.config.get("data", "")),
+               data_format=inputs.data_format, train=dataclasses.asdict(record), figures=figures, heldout=held, command=command)
 
 
 def _test_teacher_ppl(scores, domains: list[str], fallback):
