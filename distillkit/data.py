@@ -118,12 +118,16 @@ def load_data(spec: DataSpec) -> Dataset:
     if fmt is None:
         raise DataError(f"empty dataset: no records in {_some(sources, 5)} (check the files hold data)")
     t = pa.concat_tables([_normalize(p, spec, fmt) for p in parts if p.columns])
+    stray = _stray_text(parts, spec, fmt)
+    before = t
     t, digests, dropped_empty, dropped_dup = _drop_empty_and_duplicates(t, fmt)
     if t.num_rows == 0:
         raise DataError(
             f"empty dataset: 0 usable records in {_some(sources, 5)} ({dropped_empty} with an empty "
             f"{'text' if fmt == 'text' else 'response'}, {dropped_dup} duplicates; check --text-field/--response-field)"
         )
+    if dropped_empty and spec.on_bad_rows == "error":
+        raise DataError(_bad_rows_message(before, fmt, dropped_empty, stray, spec))
     digest_hex = _hex(digests)
     sample_id = pc.coalesce(t["id"], pc.utf8_slice_codeunits(digest_hex, 0, 16))
     _check_unique_ids(sample_id, spec)
@@ -216,8 +220,13 @@ def _pick_column(p: _Part, explicit: str | None, default: str, option: str) -> s
 
 
 def _strings(p: _Part, name: str, option: str) -> pa.ChunkedArray:
-    """Column `name` as strings; numbers and booleans are converted, nested values refused."""
+    """Column `name` as strings; numbers and booleans are converted for ids and domains, refused for the text
+    columns (a number scored as text is a wrong column, not text); nested values refused."""
     col = p.table[name]
+    if option in ("--text-field", "--prompt-field", "--response-field") and not (
+            pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_null(col.type)):
+        raise DataError(f"column {name!r} in {p.sources[0]} holds {col.type} values, not text (set {option} to a text "
+                        f"column, or convert the column to strings); columns: {_some(p.columns)}")
     try:
         if not pa.types.is_nested(col.type):
             return col if pa.types.is_string(col.type) else col.cast(pa.string())
@@ -232,6 +241,33 @@ def _strings(p: _Part, name: str, option: str) -> pa.ChunkedArray:
 def _blank_to_null(col: pa.ChunkedArray) -> pa.ChunkedArray:
     # A missing id/domain is often written as "" (CSV, spreadsheets): treat it like null.
     return pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
+
+
+def _stray_text(parts: list[_Part], spec: DataSpec, fmt: Format) -> int:
+    """Prompt/response data: records that hold a `text` value but no response (text and prompt/response records
+    mixed in one file)."""
+    if fmt != "instruction":
+        return 0
+    n = 0
+    for p in parts:
+        if spec.text_field in p.columns and spec.response_field in p.columns:
+            text, resp = p.table[spec.text_field], p.table[spec.response_field]
+            n += int(pc.sum(pc.and_(pc.is_valid(text), pc.is_null(resp))).as_py() or 0)
+    return n
+
+
+def _bad_rows_message(t: pa.Table, fmt: Format, n: int, stray: int, spec: DataSpec) -> str:
+    """One line naming the records with an empty text/response and the two ways out."""
+    main = t["text"] if fmt == "text" else t["response"]
+    empty = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(main), ""), True).to_numpy(zero_copy_only=False)
+    where = np.flatnonzero(empty)[:3]
+    ids, doms = t["id"].to_pylist(), t["domain"].to_pylist()
+    shown = ", ".join(f"record {i + 1} (domain {doms[i]!r}" + (f", id {ids[i]!r})" if ids[i] is not None else ")") for i in where)
+    what = "text" if fmt == "text" else "response"
+    mixed = (f"; {stray} of them hold a {spec.text_field!r} value instead: text and prompt/response records are mixed "
+             "in one file (use one format per data set)") if stray else ""
+    return (f"{n} record(s) have an empty or null {what} (e.g. {shown}){mixed}: fix or remove them, or pass "
+            "--on-bad-rows skip to drop them (the count is printed and recorded)")
 
 
 def _drop_empty_and_duplicates(t: pa.Table, fmt: Format) -> tuple[pa.Table, np.ndarray, int, int]:

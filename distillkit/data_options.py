@@ -38,6 +38,7 @@ class DataOptions:
                                                 "(a user turn + the assistant header) when it has one; the response ends "
                                                 "with EOS either way. off: the prompt as the data gives it.", panel="data",
                                                 identity=False)  # score/eval record whether a template was applied
+    on_bad_rows: Literal["error", "skip"] = opt("error", "Records with an empty or null text (response, for prompt/response data): error = exit 2 naming them; skip = drop them, the count printed and recorded in the manifest. Repeated records are always dropped (counted the same way).", panel="data", identity="non-default")
     max_per_domain: int | None = opt(None, "Use at most this many documents per domain, before the held-out split "
                                            "(deterministic subsample).", panel="data")
     seed: int = opt(0, "Seed of the held-out split and the per-domain subsample (eval: also of lm-eval's sampling).", panel="data")

@@ -182,10 +182,25 @@ def test_domain_field_and_null_domains(tmp_path):
 
 
 def test_dedupe_and_empty_records(tmp_path):
+    """Empty or null texts are an error naming them unless --on-bad-rows skip, which drops and counts them."""
     rows = [{"text": "same"}, {"text": "other"}, {"text": "same"}, {"text": ""}, {"text": "  \n"}, {"text": None}]
-    ds = load(write_jsonl(tmp_path / "d.jsonl", rows))
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    with pytest.raises(DataError, match=r"3 record\(s\) have an empty or null text \(e.g. record 4 .*--on-bad-rows skip"):
+        load(path)
+    ds = load(path, on_bad_rows="skip")
     assert sorted(col(ds, "text")) == ["other", "same"]
     assert ds.dropped_duplicates == 1 and ds.dropped_empty == 3
+
+
+def test_mixed_text_and_prompt_response_records_in_one_file_are_named(tmp_path):
+    rows = [{"prompt": "q", "response": "a", "domain": "qa"}, {"text": "plain text", "domain": "web"}]
+    with pytest.raises(DataError, match=r"1 of them hold a 'text' value instead: text and prompt/response records are mixed"):
+        load(write_jsonl(tmp_path / "m.jsonl", rows))
+
+
+def test_a_numeric_text_column_is_refused_not_scored_as_a_string(tmp_path):
+    with pytest.raises(DataError, match=r"column 'text' in .* holds int64 values, not text"):
+        load(write_jsonl(tmp_path / "n.jsonl", [{"text": 5}, {"text": 7}]))
 
 
 def test_duplicate_ids_are_refused(tmp_path):

@@ -135,6 +135,12 @@ def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> S
     shard, num_shards = parse_shard(cfg.shard)
     # Everything that can be wrong with the inputs is checked before --out is touched.
     ds = load_data(cfg.data_opts.spec(resolve_data(cfg.data)))
+    if ds.dropped_empty or ds.dropped_duplicates:
+        from distillkit.progress import console
+
+        console.print(f"[yellow]note[/]: {ds.dropped_duplicates} repeated record(s) dropped"
+                      + (f", {ds.dropped_empty} with an empty text dropped (--on-bad-rows skip)" if ds.dropped_empty else "")
+                      + " (recorded in the manifest's figures)", highlight=False)
     if cfg.responses == "teacher" and ds.format != "instruction":
         raise ConfigError(f"responses = 'teacher' has the teacher answer each prompt, and {cfg.data} is plain text (no prompt "
                           "column): give prompt/response data (--prompt-field/--response-field) or drop --responses")
@@ -195,6 +201,7 @@ def run(cfg: ScoreConfig, *, resume: bool = False, overwrite: bool = False) -> S
         figures.update(gen_figures)
     figures["wall_s"] = round(time.time() - t0, 2)
     figures["dropped_short"] = samples.dropped
+    figures["dropped_empty"], figures["dropped_duplicates"] = ds.dropped_empty, ds.dropped_duplicates
     store_files = sorted(p for d in scoring.STORE_DIRS for p in writer.path(d).glob("*.arrow"))
     if store_files:  # on disk, as bench/bench_topk.py counts it: one position per predicted token
         from distillkit.sampled_store import store_figures
