@@ -432,7 +432,8 @@ class ArtifactWriter:
                     prev, prev_cfg = st.get("config_sha256"), st.get("config", {})
                 except json.JSONDecodeError:
                     pass
-            if overwrite:
+            leftover = prev is None and not any(not _is_temp(p) for p in self.partial.rglob("*"))
+            if overwrite or leftover:  # leftover: a run that failed before it wrote anything (e.g. a full disk)
                 shutil.rmtree(self.partial)
             elif prev != self.config_sha:
                 diff = sorted(k for k in set(prev_cfg) | set(self.config) if prev_cfg.get(k) != self.config.get(k))

@@ -222,3 +222,19 @@ def test_manifest_file_names_outside_the_artifact_are_refused(tmp_path, name):
     for read in (lambda: art.table(name), lambda: art.file(name)):
         with pytest.raises(ArtifactError, match="outside"):
             read()
+
+
+def test_a_partial_left_empty_by_a_failure_before_any_write_is_not_another_config(tmp_path):
+    """A run that failed before it wrote anything (a full disk at its first write) leaves an empty `.partial`: the
+    fix the error named (`--resume`), and a plain rerun, work; a `.partial` holding work of another config is
+    still refused."""
+    out = tmp_path / "art"
+    partial_dir(out).mkdir()
+    (partial_dir(out) / ".run.json.tmp123").write_text("{", encoding="utf-8")  # a write the full disk cut short
+    w = ArtifactWriter(out, "demo", {"a": 1}, resume=True)
+    assert not w.resumed and (partial_dir(out) / "run.json").is_file()
+    w.close()
+    partial_dir(out).joinpath("run.json").unlink()
+    partial_dir(out).joinpath("part.arrow").write_bytes(b"work")  # real work, no config: unknown, refused
+    with pytest.raises(OutputExists, match="another config"):
+        ArtifactWriter(out, "demo", {"a": 1})
