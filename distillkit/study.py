@@ -79,6 +79,27 @@ class Arm:
     scores: Path | None = None  # the arm's own score artifact (plan + offline teacher); None: the study's
 
 
+RunStateName = Literal["done", "training", "evaluating", "interrupted", "pending"]
+
+
+@dataclass(frozen=True)
+class RunState:
+    """Where one run of the study stands (`distillkit study RECIPE --status`)."""
+
+    id: str
+    state: RunStateName
+    detail: str
+
+
+def format_states(states: list[RunState]) -> str:
+    """The --status table: one line per run, then the count per state."""
+    width = max((len(s.id) for s in states), default=3)
+    lines = [f"{s.id:<{width}}  {s.state:<11}  {s.detail}".rstrip() for s in states]
+    counts = {k: sum(1 for s in states if s.state == k) for k in ("done", "training", "evaluating", "interrupted", "pending")}
+    lines.append(f"{len(states)} runs: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n))
+    return "\n".join(lines)
+
+
 @dataclass(frozen=True)
 class Precondition:
     """``[precondition]``: before any other arm runs, the teacher (the reference evaluation) must beat arm `arm`
@@ -96,6 +117,26 @@ class Precondition:
         return {"arm": self.arm, "metric": self.metric, "margin": self.margin, "seeds": list(self.seeds),
                 "teacher": teacher, "arm_value": mean, "arm_values": arm_values, "gap": gap,
                 "passed": bool(gap >= self.margin)}
+
+    def evaluate(self, results: Path) -> dict[str, Any]:
+        """The record from the result files in `results` (reference.json's teacher, ``{arm}-s{seed}.json``), with the
+        teacher's other metrics beside it."""
+        ref = json.loads((results / "reference.json").read_text(encoding="utf-8"))
+        teacher = next((m for m in ref.get("models", {}).values() if m.get("role") == "teacher"), None)
+        if teacher is None or self.metric not in teacher.get("metrics", {}):
+            raise ConfigError(f"precondition: the reference evaluation has no teacher {self.metric!r} "
+                              f"(it has {sorted((teacher or {}).get('metrics', {}))}); pick a metric the evaluation measures")
+        values = [float(json.loads((results / f"{self.arm}-s{x}.json").read_text(encoding="utf-8"))["metrics"][self.metric])
+                  for x in self.seeds]
+        return {**self.check(float(teacher["metrics"][self.metric]), values), "teacher_metrics": teacher.get("metrics", {})}
+
+    @staticmethod
+    def failure(record: Mapping[str, Any], where: Path) -> str:
+        """The one line of a precondition that does not hold."""
+        return (f"precondition failed: the teacher's {record['metric']} {record['teacher']:.4f} is {record['gap']:+.4f} ahead of "
+                f"arm {record['arm']!r} ({record['arm_value']:.4f}), less than the margin {record['margin']:g}; no other arm "
+                "runs. Strengthen the teacher (e.g. more epochs of teacher correction) or widen the gap (a student pruned "
+                f"further), rescore, and rerun ({where} holds the figures)")
 
 
 @dataclass(frozen=True)
@@ -431,5 +472,5 @@ def domain_by_seed(results, arm: str, key: str) -> dict[str, dict[int, float]]:
     return out
 
 
-__all__ = ["Arm", "Budget", "Precondition", "StudyRecipe", "read_study", "run_id", "write_json", "load_results",
+__all__ = ["Arm", "Budget", "Precondition", "RunState", "format_states", "StudyRecipe", "read_study", "run_id", "write_json", "load_results",
            "machine", "Metric", "METRICS", "PRIMARY", "ArmSummary", "summarize", "domain_values", "domain_by_seed", "value"]

@@ -28,10 +28,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator
 
 from distillkit.errors import ConfigError, DistillkitError
-from distillkit.study import StudyRecipe
+from distillkit.study import RunState, StudyRecipe, format_states  # noqa: F401  (--status's record and table)
 
 KIND = "study"
 REFERENCE = "reference"
@@ -73,18 +73,6 @@ class StudyPlan:
     score_format: str
     setting: dict[str, Any]
     notes: list[str] = field(default_factory=list)
-
-
-RunStateName = Literal["done", "training", "evaluating", "interrupted", "pending"]
-
-
-@dataclass(frozen=True)
-class RunState:
-    """Where one run of the study stands (`distillkit study RECIPE --status`)."""
-
-    id: str
-    state: RunStateName
-    detail: str
 
 
 @dataclass(frozen=True)
@@ -366,15 +354,6 @@ def _logged_steps(logs: Path) -> dict[str, str]:
     return found
 
 
-def format_states(states: list[RunState]) -> str:
-    """The --status table: one line per run, then the count per state."""
-    width = max((len(s.id) for s in states), default=3)
-    lines = [f"{s.id:<{width}}  {s.state:<11}  {s.detail}".rstrip() for s in states]
-    counts = {k: sum(1 for s in states if s.state == k) for k in ("done", "training", "evaluating", "interrupted", "pending")}
-    lines.append(f"{len(states)} runs: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n))
-    return "\n".join(lines)
-
-
 def _record_setting(path: Path, sp: StudyPlan) -> None:
     """study.json: the shared setting. A results folder holds one study: arms and seeds may be added later, but a
     different shared setting (score, budget, evaluation, shared plan/train keys) is refused."""
@@ -485,32 +464,15 @@ def _await_precondition(sp: StudyPlan, poll_s: float = 10.0) -> list[str]:
             time.sleep(poll_s)  # another worker is on it
     record = precondition_record(sp)
     if not record["passed"]:
-        pre = sp.recipe.precondition
-        raise PreconditionFailed(
-            f"precondition failed: the teacher's {pre.metric} {record['teacher']:.4f} is {record['gap']:+.4f} ahead of arm "
-            f"{pre.arm!r} ({record['arm_value']:.4f}), less than the margin {pre.margin:g}; no other arm runs. Strengthen the "
-            f"teacher (e.g. more epochs of teacher correction) or widen the gap (a student pruned further), rescore, and "
-            f"rerun ({sp.recipe.results / PRECONDITION_FILE} holds the figures)")
+        raise PreconditionFailed(sp.recipe.precondition.failure(record, sp.recipe.results / PRECONDITION_FILE))
     return ran
 
 
 def precondition_record(sp: StudyPlan) -> dict[str, Any]:
-    """The precondition's figures from the result files (the reference's teacher, the arm's seeds), also written to
-    {results}/precondition.json."""
+    """The precondition's figures from the result files, also written to {results}/precondition.json."""
     from distillkit.study import write_json
 
-    pre = sp.recipe.precondition
-    ref = json.loads((sp.recipe.results / f"{REFERENCE}.json").read_text(encoding="utf-8"))
-    teacher = next((m for m in ref.get("models", {}).values() if m.get("role") == "teacher"), None)
-    if teacher is None or pre.metric not in teacher.get("metrics", {}):
-        raise ConfigError(f"precondition: the reference evaluation has no teacher {pre.metric!r} "
-                          f"(it has {sorted((teacher or {}).get('metrics', {}))}); pick a metric the evaluation measures")
-    values = []
-    for x in pre.seeds:
-        r = json.loads(_result_path(sp, next(j for j in sp.jobs if j.id == f"{pre.arm}-s{x}")).read_text(encoding="utf-8"))
-        values.append(float(r["metrics"][pre.metric]))
-    record = pre.check(float(teacher["metrics"][pre.metric]), values)
-    record["teacher_metrics"] = teacher.get("metrics", {})
+    record = sp.recipe.precondition.evaluate(sp.recipe.results)
     write_json(sp.recipe.results / PRECONDITION_FILE, record)
     return record
 
@@ -579,9 +541,7 @@ def _spawn_workers(rec: StudyRecipe, pending: list[RunJob], jobs: int, threads: 
                               f"checkpoint first (see {logs}/worker-N.log); rerun the same command to resume", received[0])
     pre = rec.results / PRECONDITION_FILE
     if failed and rec.precondition is not None and pre.is_file() and not json.loads(pre.read_text(encoding="utf-8"))["passed"]:
-        r = json.loads(pre.read_text(encoding="utf-8"))
-        raise PreconditionFailed(f"precondition failed: the teacher's {r['metric']} {r['teacher']:.4f} is {r['gap']:+.4f} ahead of "
-                                 f"arm {r['arm']!r}, less than the margin {r['margin']:g}; no other arm ran ({pre})")
+        raise PreconditionFailed(rec.precondition.failure(json.loads(pre.read_text(encoding="utf-8")), pre))
     if failed:
         raise RuntimeError(f"study worker(s) {', '.join(map(str, failed))} failed: see {logs}/worker-N.log; "
                            "rerun the same command to resume")

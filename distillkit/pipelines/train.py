@@ -170,8 +170,7 @@ def prepare(cfg: TrainConfig, dist: DistInfo) -> Inputs:
     # 4. What joins the artifact's identity.
     identity = {"plan_manifest_sha256": plan.sha256, "student_fingerprint": model_fingerprint(student_dir)}
     if not no_teacher:
-        identity = {"plan_manifest_sha256": plan.sha256, "teacher_fingerprint": model_fingerprint(teacher_dir),
-                    "student_fingerprint": identity["student_fingerprint"]}
+        identity["teacher_fingerprint"] = model_fingerprint(teacher_dir)  # sha256 of sorted keys: order is no part of it
         if dist.is_main and sc.get("teacher_fingerprint") not in (None, identity["teacher_fingerprint"]):
             from distillkit.progress import console
 
